@@ -1,0 +1,1 @@
+"""Implementations of the ``astrid`` commands that read and write files."""

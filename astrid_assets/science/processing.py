@@ -1,0 +1,276 @@
+"""From raw exposures to measured frames and field references.
+
+The survey-level steps, each a short chain of calls into the single-purpose
+modules: calibration masters from a night's bias and flat frames; a raw
+exposure calibrated, cleaned and measured (background, sources, PSF, zero
+point, quality); the best epochs of a field aligned onto its grid and
+coadded into a reference. The asset graph calls these once per partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from astrid_assets.science.align import AlignConfig, align_to_grid
+from astrid_assets.science.background import Background, estimate_background
+from astrid_assets.science.calibration import (
+    BadPixelMask,
+    MasterBias,
+    MasterFlat,
+    calibrate_frame,
+    make_bad_pixel_mask,
+    make_master_bias,
+    make_master_flat,
+)
+from astrid_assets.science.photcal import ZeroPoint, ZeroPointError, fit_zero_point
+from astrid_assets.science.pipeline import SOURCE_THRESHOLD, PreparedImage, bright_star_xy
+from astrid_assets.science.psf import PsfModel, measure_psf
+from astrid_assets.science.quality import FrameQuality, frame_quality
+from astrid_assets.science.reference import Reference, ReferenceConfig, build_reference
+from astrid_assets.science.sources import extract_sources
+
+__all__ = [
+    "CalibrationMasters",
+    "FieldReference",
+    "ProcessedExposure",
+    "build_field_reference",
+    "make_calibration_masters",
+    "process_exposure",
+]
+
+
+@dataclass
+class CalibrationMasters:
+    """A night's master bias, master flat and bad-pixel mask."""
+
+    bias: MasterBias
+    flat: MasterFlat
+    bad_pixels: BadPixelMask
+
+
+def make_calibration_masters(
+    bias_frames: Sequence[np.ndarray], flat_frames: Sequence[np.ndarray]
+) -> CalibrationMasters:
+    """Combine a night's bias and flat frames and find the bad pixels."""
+    bias = make_master_bias(bias_frames)
+    flat = make_master_flat(flat_frames, bias)
+    return CalibrationMasters(bias=bias, flat=flat, bad_pixels=make_bad_pixel_mask(bias, flat))
+
+
+@dataclass
+class ProcessedExposure:
+    """A calibrated exposure with everything measured on it.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        Calibrated, background-subtracted image (ADU), float32; 0 where masked.
+    variance : numpy.ndarray
+        Per-pixel variance (ADU²), sky and source photon noise plus read noise.
+    mask, flags : numpy.ndarray
+        bool mask and the calibration's reason bits.
+    background : Background
+        The subtracted sky and its rms.
+    sources : astropy.table.Table
+        Sources above :data:`~astrid_assets.science.pipeline.SOURCE_THRESHOLD`.
+    psf : PsfModel
+        PSF measured on the frame.
+    zero_point : ZeroPoint or None
+        Fitted against the reference catalogue, when one was given and matched.
+    quality : FrameQuality
+        Seeing, depth, sky, star count, masked fraction.
+    wcs : astropy.wcs.WCS or None
+    gain, read_noise : float
+    """
+
+    data: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    flags: np.ndarray
+    background: Background
+    sources: Table
+    psf: PsfModel
+    zero_point: ZeroPoint | None
+    quality: FrameQuality
+    wcs: WCS | None
+    gain: float
+    read_noise: float
+
+    def prepared(self, name: str = "science") -> PreparedImage:
+        """This exposure as the science side of a subtraction."""
+        return PreparedImage(
+            data=self.data,
+            variance=self.variance,
+            mask=self.mask,
+            sigma=float(self.background.global_rms),
+            psf=self.psf.stamp,
+            sources=self.sources,
+            gain=self.gain,
+            wcs=self.wcs,
+            zero_point=None if self.zero_point is None else self.zero_point.zero_point,
+            name=name,
+            sky=float(self.background.global_background),
+            read_noise=self.read_noise,
+            fwhm=float(self.psf.fwhm_mean),
+        )
+
+
+def process_exposure(
+    raw: np.ndarray,
+    masters: CalibrationMasters,
+    *,
+    gain: float,
+    read_noise: float,
+    saturation: float | None,
+    wcs: WCS | None = None,
+    catalog: Table | None = None,
+    pixel_scale: float | None = None,
+) -> ProcessedExposure:
+    """Calibrate a raw exposure and measure it.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        Raw frame (ADU, bias included).
+    masters : CalibrationMasters
+        The night's masters.
+    gain, read_noise, saturation : float
+        e-/ADU, e-, raw ADU (bias included).
+    wcs : astropy.wcs.WCS, optional
+        The frame's WCS; needed to match the reference catalogue.
+    catalog : astropy.table.Table, optional
+        Reference catalogue (ra, dec, mag[, mag_err]) for the zero point.
+    pixel_scale : float, optional
+        Arcseconds per pixel, for the seeing in arcseconds.
+    """
+    cal = calibrate_frame(
+        raw,
+        masters.bias,
+        masters.flat,
+        gain=gain,
+        read_noise=read_noise,
+        saturation=saturation,
+        bad_pixel_mask=masters.bad_pixels,
+    )
+    mask = cal.mask
+    background = estimate_background(cal.data, mask=mask)
+    data = background.subtract(cal.data).astype(np.float32)
+    data[mask] = 0.0
+    sources = extract_sources(
+        data,
+        background.rms,
+        threshold=SOURCE_THRESHOLD,
+        mask=mask,
+        gain=gain,
+        saturated_mask=mask,
+        wcs=wcs,
+    )
+    psf = measure_psf(data, background.rms, sources=sources, mask=mask, gain=gain)
+    zero_point = None
+    if catalog is not None and wcs is not None:
+        try:
+            zero_point = fit_zero_point(sources, catalog, wcs=wcs)
+        except ZeroPointError:
+            zero_point = None
+    quality = frame_quality(
+        background, psf, sources=sources, zero_point=zero_point, mask=mask, pixel_scale=pixel_scale
+    )
+    return ProcessedExposure(
+        data=data,
+        variance=cal.variance,
+        mask=mask,
+        flags=cal.flags,
+        background=background,
+        sources=sources,
+        psf=psf,
+        zero_point=zero_point,
+        quality=quality,
+        wcs=wcs,
+        gain=gain,
+        read_noise=read_noise,
+    )
+
+
+@dataclass
+class FieldReference:
+    """A field's reference coadd, measured and ready to subtract from."""
+
+    reference: Reference
+    prepared: PreparedImage
+    registration: list[dict[str, object]]
+
+
+def build_field_reference(
+    exposures: Sequence[ProcessedExposure],
+    wcs: WCS,
+    shape: tuple[int, int],
+    *,
+    grid_stars_xy: np.ndarray | None = None,
+    config: ReferenceConfig | None = None,
+) -> FieldReference:
+    """Align epochs of a field onto its grid and coadd the best of them.
+
+    Parameters
+    ----------
+    exposures : sequence of ProcessedExposure
+        Candidate epochs, each with a WCS and a zero point.
+    wcs : astropy.wcs.WCS
+        The field's reference grid.
+    shape : (int, int)
+        Shape of the grid.
+    grid_stars_xy : numpy.ndarray, optional
+        (N, 2) positions of bright catalogue stars on the grid, brightest
+        first, to refine an epoch whose WCS is off.
+    config : ReferenceConfig
+    """
+    usable = [e for e in exposures if e.wcs is not None and e.zero_point is not None]
+    if not usable:
+        raise ValueError("no epoch with both a WCS and a zero point to build a reference from")
+    aligned = []
+    registration = []
+    for exposure in usable:
+        result = align_to_grid(
+            exposure.data,
+            exposure.wcs,
+            wcs,
+            shape,
+            variance=exposure.variance,
+            mask=exposure.mask,
+            sources_from=bright_star_xy(exposure.sources),
+            sources_to=grid_stars_xy,
+            config=AlignConfig(refine="auto" if grid_stars_xy is not None else False),
+        )
+        aligned.append(result)
+        registration.append({"method": result.method, "residual_rms": result.residual_rms})
+    reference = build_reference(
+        aligned,
+        None,
+        [e.psf.stamp for e in usable],
+        [e.zero_point.zero_point for e in usable],  # type: ignore[union-attr]
+        config=config or ReferenceConfig(),
+    )
+    background = estimate_background(reference.data, mask=reference.mask)
+    data = background.subtract(reference.data).astype(np.float32)
+    data[reference.mask] = 0.0
+    sources = extract_sources(
+        data, background.rms, threshold=SOURCE_THRESHOLD, mask=reference.mask, wcs=wcs
+    )
+    prepared = PreparedImage(
+        data=data,
+        variance=reference.variance.astype(np.float32),
+        mask=reference.mask,
+        sigma=float(background.global_rms),
+        psf=reference.psf,
+        sources=sources,
+        gain=None,
+        wcs=wcs,
+        zero_point=reference.zero_point,
+        name="reference",
+        fwhm=float(reference.fwhm),
+    )
+    return FieldReference(reference=reference, prepared=prepared, registration=registration)

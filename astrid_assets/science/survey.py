@@ -1,0 +1,282 @@
+"""The embedded survey end to end: simulate, calibrate, build references, subtract.
+
+These functions run the same chain on the simulated survey that the asset
+graph runs on any survey, and add what only a simulation can: the truth. The
+demo, the completeness benchmark and the end-to-end tests use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from astrid_assets.science.injection import (
+    difference_snr,
+    inject_point_sources,
+    match_to_truth,
+    place_sources,
+)
+from astrid_assets.science.pipeline import DiffConfig, DiffProducts, difference_pair
+from astrid_assets.science.processing import (
+    FieldReference,
+    ProcessedExposure,
+    build_field_reference,
+    make_calibration_masters,
+    process_exposure,
+)
+from astrid_assets.science.simulate import (
+    SimulatedExposure,
+    SurveyConfig,
+    field_wcs,
+    reference_catalog,
+    simulate_calibration_frames,
+    simulate_exposure,
+)
+
+__all__ = [
+    "InjectionRun",
+    "NightResult",
+    "grid_stars",
+    "process_simulated",
+    "simulated_reference",
+    "subtract_night",
+    "truth_on_grid",
+]
+
+ASTROPHYSICAL = ("supernova", "variable", "asteroid", "flare")
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def process_simulated(
+    config: SurveyConfig, night: str, field: str
+) -> tuple[SimulatedExposure, ProcessedExposure]:
+    """Simulate one exposure with its night's calibration frames and process it."""
+    frames = simulate_calibration_frames(config, night)
+    masters = make_calibration_masters(frames.biases, frames.flats)
+    exposure = simulate_exposure(config, night, field)
+    header = exposure.header
+    processed = process_exposure(
+        exposure.data,
+        masters,
+        gain=float(header["GAIN"]),
+        read_noise=float(header["RDNOISE"]),
+        saturation=float(header["SATURATE"]),
+        wcs=WCS(header),
+        catalog=reference_catalog(config, field),
+        pixel_scale=config.pixel_scale,
+    )
+    return exposure, processed
+
+
+def grid_stars(config: SurveyConfig, field: str, n_max: int = 80) -> np.ndarray:
+    """Bright catalogue stars on the field's grid, brightest first, (N, 2)."""
+    catalog = reference_catalog(config, field)
+    wcs = field_wcs(config, field)
+    x, y = wcs.world_to_pixel_values(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]))
+    ny, nx = config.shape
+    inside = (x > 10) & (x < nx - 10) & (y > 10) & (y < ny - 10)
+    mags = np.asarray(catalog["mag"])
+    order = np.argsort(mags[inside])
+    return np.column_stack([x[inside], y[inside]])[order][:n_max]
+
+
+def simulated_reference(
+    config: SurveyConfig,
+    field: str,
+    nights: Sequence[str],
+    progress: Progress = _noop,
+) -> FieldReference:
+    """Simulate and process a field's reference epochs and coadd them."""
+    processed = []
+    for night in nights:
+        progress(f"reference epoch {night}")
+        processed.append(process_simulated(config, night, field)[1])
+    return build_field_reference(
+        processed,
+        field_wcs(config, field),
+        config.shape,
+        grid_stars_xy=grid_stars(config, field),
+    )
+
+
+def truth_on_grid(exposure: SimulatedExposure, grid_wcs: WCS) -> Table:
+    """The exposure's astrophysical truth with positions on the reference grid."""
+    truth = exposure.truth
+    keep = np.isin(np.asarray(truth["type"]).astype(str), ASTROPHYSICAL)
+    out = Table(truth[keep], copy=True)
+    gx, gy = grid_wcs.world_to_pixel_values(np.asarray(out["ra"]), np.asarray(out["dec"]))
+    out["grid_x"] = gx
+    out["grid_y"] = gy
+    return out
+
+
+@dataclass
+class InjectionRun:
+    """Fake point sources injected into one exposure and whether they came back.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        One row per fake: x, y (exposure pixels), grid_x, grid_y, flux (ADU),
+        mag, snr (ideal difference S/N), snr_science (PSF S/N in the science
+        image alone), masked (it fell where the difference is invalid),
+        recovered, and the candidate's measured flux.
+    """
+
+    table: Table
+
+
+@dataclass
+class NightResult:
+    """One night and field subtracted against the field's reference.
+
+    Attributes
+    ----------
+    exposure : SimulatedExposure
+    processed : ProcessedExposure
+    products : DiffProducts
+    truth : astropy.table.Table
+        Astrophysical truth on the grid, with ``matched``.
+    injection : InjectionRun or None
+    false_candidates : int
+        Candidates matching neither truth nor an injected fake.
+    candidate_class : numpy.ndarray
+        Per candidate: "fake", the truth type it matched, or "false".
+    """
+
+    exposure: SimulatedExposure
+    processed: ProcessedExposure
+    products: DiffProducts
+    truth: Table
+    injection: InjectionRun | None
+    false_candidates: int
+    candidate_class: np.ndarray
+
+
+def _inject(
+    processed: ProcessedExposure,
+    exposure: SimulatedExposure,
+    reference: FieldReference,
+    grid_wcs: WCS,
+    n_fakes: int,
+    snr_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[ProcessedExposure, Table]:
+    """Add fakes with the exposure's true PSF, spanning ``snr_range`` in ideal S/N."""
+    x, y = place_sources(
+        processed.data.shape, n_fakes, rng, margin=60, min_separation=30, avoid=processed.mask
+    )
+    world = exposure.wcs.pixel_to_world_values(x, y)
+    gx, gy = grid_wcs.world_to_pixel_values(*world)
+    ix, iy = np.round(gx).astype(int), np.round(gy).astype(int)
+    ny, nx = reference.prepared.data.shape
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    inside[inside] &= ~reference.prepared.mask[iy[inside], ix[inside]]
+    x, y, gx, gy, ix, iy = (a[inside] for a in (x, y, gx, gy, ix, iy))
+    var_new = processed.variance[np.round(y).astype(int), np.round(x).astype(int)]
+    var_ref = reference.prepared.variance[iy, ix]
+    ratio = 10 ** (0.4 * (reference.prepared.zero_point - processed.zero_point.zero_point))
+    unit = difference_snr(
+        np.ones_like(x), exposure.psf, reference.prepared.psf, var_new, var_ref, ratio
+    )
+    target = rng.uniform(*snr_range, size=x.size)
+    flux = target / unit
+    injected = inject_point_sources(
+        processed.data, exposure.psf, x, y, flux, gain=processed.gain, rng=rng
+    )
+    variance = processed.variance + (injected.model / processed.gain).astype(np.float32)
+    science_only = difference_snr(flux, exposure.psf, exposure.psf, var_new, 0.0)
+    zp = processed.zero_point.zero_point
+    table = Table(
+        {
+            "x": x,
+            "y": y,
+            "grid_x": gx,
+            "grid_y": gy,
+            "flux": flux,
+            "mag": zp - 2.5 * np.log10(flux),
+            "snr": target,
+            "snr_science": science_only,
+        }
+    )
+    return replace(processed, data=injected.image, variance=variance), table
+
+
+def subtract_night(
+    config: SurveyConfig,
+    field: str,
+    night: str,
+    reference: FieldReference,
+    *,
+    diff_config: DiffConfig | None = None,
+    n_fakes: int = 0,
+    snr_range: tuple[float, float] = (2.0, 20.0),
+    match_radius: float = 2.0,
+    seed: int = 0,
+) -> NightResult:
+    """Simulate, process and subtract one night, optionally with injected fakes.
+
+    Candidates are matched to the astrophysical truth and to the fakes within
+    ``match_radius`` px on the reference grid; the rest are false.
+    """
+    exposure, processed = process_simulated(config, night, field)
+    if processed.zero_point is None:
+        raise ValueError(f"{field} {night}: no zero point could be fitted")
+    grid_wcs = field_wcs(config, field)
+    injection_table = None
+    science = processed
+    if n_fakes:
+        rng = np.random.default_rng([seed, config.seed, int(night.replace("-", ""))])
+        science, injection_table = _inject(
+            processed, exposure, reference, grid_wcs, n_fakes, snr_range, rng
+        )
+    products = difference_pair(science.prepared(), reference.prepared, diff_config)
+    cands = products.candidates
+    cx, cy = np.asarray(cands["x"], float), np.asarray(cands["y"], float)
+    klass = np.full(len(cands), "false", dtype=object)
+
+    truth = truth_on_grid(exposure, grid_wcs)
+    tm = match_to_truth(cx, cy, truth["grid_x"], truth["grid_y"], match_radius)
+    truth["matched"] = tm.truth_matched
+    for ti, ci in enumerate(tm.truth_to_candidate):
+        if ci >= 0:
+            klass[ci] = str(truth["type"][ti])
+    # Candidates near a truth entry but not its nearest still belong to it.
+    klass[(klass == "false") & tm.candidate_matched] = "truth"
+
+    run = None
+    if injection_table is not None:
+        fm = match_to_truth(
+            cx, cy, injection_table["grid_x"], injection_table["grid_y"], match_radius
+        )
+        sign = np.asarray(cands["sign"]) if len(cands) else np.zeros(0)
+        idx = fm.truth_to_candidate
+        positive = np.array([i >= 0 and sign[i] > 0 for i in idx], dtype=bool)
+        gx = np.round(np.asarray(injection_table["grid_x"])).astype(int)
+        gy = np.round(np.asarray(injection_table["grid_y"])).astype(int)
+        # A fake that landed where the difference is invalid (a streak, a
+        # saturated star's halo) could not be found by any method.
+        injection_table["masked"] = products.result.mask[gy, gx]
+        injection_table["recovered"] = positive
+        injection_table["measured_flux"] = np.where(
+            positive, np.asarray(cands["flux"])[np.maximum(idx, 0)] if len(cands) else 0, np.nan
+        )
+        klass[(klass == "false") & fm.candidate_matched] = "fake"
+        run = InjectionRun(table=injection_table)
+    return NightResult(
+        exposure=exposure,
+        processed=processed,
+        products=products,
+        truth=truth,
+        injection=run,
+        false_candidates=int(np.sum(klass == "false")),
+        candidate_class=klass.astype(str),
+    )
