@@ -131,6 +131,8 @@ def write_products(
         ("n_masked_footprint", "NMASKED", "dropped: PSF footprint masked"),
         ("n_sharp", "NSHARP", "dropped: sharper than the PSF"),
         ("n_streak", "NSTREAK", "dropped: on a traced streak"),
+        ("n_dipole", "NDIPOLE", "dropped: dipole"),
+        ("n_extended", "NEXTEND", "dropped: not point-like"),
         ("n_cosmic_rays", "NCOSMIC", "dropped: cosmic ray in an input"),
     ):
         if key in meta:

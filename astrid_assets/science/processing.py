@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
+from scipy.spatial import cKDTree
 
-from astrid_assets.science.align import AlignConfig, align_to_grid
+from astrid_assets.science.align import AlignConfig, align_to_grid, refine_transform
 from astrid_assets.science.background import Background, estimate_background
 from astrid_assets.science.calibration import (
     BadPixelMask,
@@ -41,6 +42,7 @@ __all__ = [
     "build_field_reference",
     "make_calibration_masters",
     "process_exposure",
+    "refine_wcs",
 ]
 
 
@@ -60,6 +62,59 @@ def make_calibration_masters(
     bias = make_master_bias(bias_frames)
     flat = make_master_flat(flat_frames, bias)
     return CalibrationMasters(bias=bias, flat=flat, bad_pixels=make_bad_pixel_mask(bias, flat))
+
+
+def refine_wcs(
+    wcs: WCS, sources: Table, catalog: Table, *, tolerance: float = 0.5
+) -> tuple[WCS, bool]:
+    """Correct a header WCS that is off, by matching the frame's stars to the catalogue.
+
+    The catalogue is projected through ``wcs``; when its bright stars do not
+    fall within ``tolerance`` px (median) of detected sources, the two star
+    lists are matched by their patterns (astroalign) and the affine map
+    ``p_header = M p_true + o`` found is folded into the WCS:
+    ``CRPIX -> M^-1 (CRPIX - o)`` and ``PC -> PC M`` (0-based pixels).
+
+    Returns
+    -------
+    wcs : astropy.wcs.WCS
+        The corrected WCS, or ``wcs`` itself when it was good.
+    changed : bool
+    """
+    from astrid_assets.science.pipeline import bright_star_xy
+
+    detected = bright_star_xy(sources)
+    if len(detected) < 5 or len(catalog) < 5:
+        return wcs, False
+    cx, cy = wcs.world_to_pixel_values(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]))
+    order = np.argsort(np.asarray(catalog["mag"]))
+    predicted = np.column_stack([cx, cy])[order]
+    lo, hi = detected.min(axis=0) - 20, detected.max(axis=0) + 20
+    predicted = predicted[np.all((predicted > lo) & (predicted < hi), axis=1)][:80]
+    if len(predicted) < 5:
+        return wcs, False
+    dist, _ = cKDTree(detected).query(predicted, distance_upper_bound=3 * tolerance)
+    close = np.isfinite(dist)
+    if (
+        close.sum() >= 0.3 * min(len(predicted), len(detected))
+        and np.median(dist[close]) < tolerance
+    ):
+        return wcs, False
+    try:
+        match = refine_transform(predicted, detected)
+    except ValueError:
+        return wcs, False
+    # The match maps detected (true) pixels to header-predicted pixels.
+    matrix, offset = match.transform.affine()
+    fixed = wcs.deepcopy()
+    inverse = np.linalg.inv(matrix)
+    fixed.wcs.crpix = inverse @ (np.asarray(wcs.wcs.crpix) - 1.0 - offset) + 1.0
+    if fixed.wcs.has_cd():
+        fixed.wcs.cd = np.asarray(wcs.wcs.cd) @ matrix
+    else:
+        fixed.wcs.pc = np.asarray(wcs.wcs.get_pc()) @ matrix
+    fixed.wcs.set()
+    return fixed, True
 
 
 @dataclass
@@ -173,6 +228,10 @@ def process_exposure(
     psf = measure_psf(data, background.rms, sources=sources, mask=mask, gain=gain)
     zero_point = None
     if catalog is not None and wcs is not None:
+        wcs, corrected = refine_wcs(wcs, sources, catalog)
+        if corrected:
+            world = wcs.pixel_to_world_values(np.asarray(sources["x"]), np.asarray(sources["y"]))
+            sources["ra"], sources["dec"] = world
         try:
             zero_point = fit_zero_point(sources, catalog, wcs=wcs)
         except ZeroPointError:

@@ -41,6 +41,7 @@ __all__ = [
     "InjectionRun",
     "NightResult",
     "grid_stars",
+    "inject_fakes",
     "process_simulated",
     "simulated_reference",
     "subtract_night",
@@ -161,7 +162,7 @@ class NightResult:
     candidate_class: np.ndarray
 
 
-def _inject(
+def inject_fakes(
     processed: ProcessedExposure,
     exposure: SimulatedExposure,
     reference: FieldReference,
@@ -235,7 +236,7 @@ def subtract_night(
     science = processed
     if n_fakes:
         rng = np.random.default_rng([seed, config.seed, int(night.replace("-", ""))])
-        science, injection_table = _inject(
+        science, injection_table = inject_fakes(
             processed, exposure, reference, grid_wcs, n_fakes, snr_range, rng
         )
     products = difference_pair(science.prepared(), reference.prepared, diff_config)
