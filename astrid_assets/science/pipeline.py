@@ -567,31 +567,27 @@ def difference_pair(
     else:
         ref_var = ref.variance
     if config.method == "zogy":
-        result = zogy_subtract(
-            sci,
-            ref.data,
-            new.psf,
-            ref.psf,
-            sigma_new=new.sigma,
-            sigma_ref=ref.sigma,
-            var_new=sci_var,
-            var_ref=ref_var,
-            mask=mask,
-            config=ZogyConfig(astrometric_sigma=ast, dtype=config.dtype, flux_ratio=flux_ratio),
+        subtract, method_config = (
+            zogy_subtract,
+            ZogyConfig(astrometric_sigma=ast, dtype=config.dtype, flux_ratio=flux_ratio),
         )
     else:
-        result = classic_subtract(
-            sci,
-            ref.data,
-            new.psf,
-            ref.psf,
-            sigma_new=new.sigma,
-            sigma_ref=ref.sigma,
-            var_new=sci_var,
-            var_ref=ref_var,
-            mask=mask,
-            config=ClassicConfig(dtype=config.dtype, flux_ratio=flux_ratio),
+        subtract, method_config = (
+            classic_subtract,
+            ClassicConfig(dtype=config.dtype, flux_ratio=flux_ratio),
         )
+    result = subtract(
+        sci,
+        ref.data,
+        new.psf,
+        ref.psf,
+        sigma_new=new.sigma,
+        sigma_ref=ref.sigma,
+        var_new=sci_var,
+        var_ref=ref_var,
+        mask=mask,
+        config=method_config,  # type: ignore[arg-type]
+    )
     if config.normalize_score:
         normalize_score(result)
     timings["subtract"] = time.perf_counter() - t0
