@@ -25,8 +25,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format astrid_assets astrid_assets_tests benchmarks
 
 bench: $(STAMP)
+	bash benchmarks/peers/setup_peers.sh
 	$(BIN)/python benchmarks/bench_subtraction.py
-	$(BIN)/python benchmarks/completeness.py
+	$(BIN)/python benchmarks/completeness.py --fields 2 --nights 4
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers .pytest_cache .ruff_cache out

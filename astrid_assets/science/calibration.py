@@ -33,7 +33,7 @@ import astroscrappy
 import numpy as np
 import sep
 from scipy import ndimage
-from scipy.stats import chi2
+from scipy.special import gammainccinv
 
 from astrid_assets.science.background import sep_ready
 from astrid_assets.science.psf import moffat_psf
@@ -75,6 +75,15 @@ class MaskBit(enum.IntFlag):
 
 # ---------------------------------------------------------------------------
 # Combining frames
+
+
+def _chi2_isf(q: float, dof: int) -> float:
+    """The chi-square value exceeded with probability ``q`` (``scipy.stats.chi2.isf``).
+
+    Written with the incomplete gamma function so that this module does not
+    import ``scipy.stats``, which costs half a second at start-up.
+    """
+    return 2.0 * float(gammainccinv(dof / 2.0, q))
 
 
 def _as_stack(frames: Sequence[np.ndarray] | np.ndarray, name: str) -> np.ndarray:
@@ -508,7 +517,7 @@ def make_bad_pixel_mask(
     noisy = np.zeros(bias.shape, dtype=bool)
     if isinstance(master_bias, MasterBias) and master_bias.pixel_std is not None:
         dof = master_bias.n_frames - 2
-        factor = max(config.noisy_factor, float(np.sqrt(chi2.isf(1e-6, dof) / dof)))
+        factor = max(config.noisy_factor, float(np.sqrt(_chi2_isf(1e-6, dof) / dof)))
         noisy = master_bias.pixel_std > factor * master_bias.read_noise
 
     flat_ok = np.isfinite(flat) & (flat > 0)

@@ -38,12 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sp_fft
-from scipy import signal
 
 from astrid_assets.science.subtraction import (
     PreparedPair,
     SubtractionResult,
     box_sum,
+    fftconvolve,
     fit_scale_offset,
     grow_mask,
     output_mask,
@@ -231,7 +231,7 @@ def _fit_box_fluxes(
 
 def _convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Zero-padded convolution, output on the image grid, image dtype."""
-    out = signal.fftconvolve(image, kernel.astype(image.dtype), mode="same")
+    out = fftconvolve(image, kernel.astype(image.dtype), mode="same")
     return out.astype(image.dtype, copy=False)
 
 
@@ -299,7 +299,7 @@ def classic_subtract(
     )
     psf_d = broad
     filt = psf_d[::-1, ::-1]
-    filt_matched = signal.fftconvolve(kernel, filt, mode="full")
+    filt_matched = fftconvolve(kernel, filt, mode="full")
     reach = size // 2 + max(psf_d.shape) // 2
     invalid = output_mask(
         pair,

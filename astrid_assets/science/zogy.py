@@ -59,7 +59,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sp_fft
-from scipy import signal
 
 from astrid_assets.science.psf import psf_to_image_shape
 from astrid_assets.science.subtraction import (
@@ -67,6 +66,7 @@ from astrid_assets.science.subtraction import (
     SubtractionResult,
     box_sum,
     centred_stamp,
+    fftconvolve,
     fit_scale_offset,
     grow_mask,
     output_mask,
@@ -571,8 +571,8 @@ def _fit_flux_ratio(
     box = np.ones((width, width))
     # Noise of each box sum: the image's variance seen through the other
     # image's PSF and the box.
-    norm_n = float(np.sqrt(np.sum(signal.fftconvolve(pair.psf_new, box) ** 2)))
-    norm_r = float(np.sqrt(np.sum(signal.fftconvolve(pair.psf_ref, box) ** 2)))
+    norm_n = float(np.sqrt(np.sum(fftconvolve(pair.psf_new, box) ** 2)))
+    norm_r = float(np.sqrt(np.sum(fftconvolve(pair.psf_ref, box) ** 2)))
     noise_ref: float | np.ndarray = pair.sigma_ref * norm_n
     noise_new: float | np.ndarray = pair.sigma_new * norm_r
     if pair.var_ref is not None:
