@@ -26,7 +26,6 @@ import json
 import os
 import pickle
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -159,18 +158,23 @@ def peer_candidates(out_fits: Path, psf: np.ndarray, mask: np.ndarray, threshold
     return np.asarray(cands["x"]), np.asarray(cands["y"]), np.asarray(cands["sign"])
 
 
-def peak_rss_of_diff(size: int, workdir: Path) -> float:
-    """Peak resident memory (MB) of ``astrid diff`` on a size x size pair, fresh process."""
-    make_pair(size, workdir, n_fakes=50)
+def peak_rss_of_diff(size: int, workdir: Path, reuse: bool = False) -> float:
+    """Peak resident memory (MB) of ``astrid diff`` on a size x size pair, fresh process.
+
+    Read from the child's own ``VmHWM``: ``ru_maxrss`` would carry over the
+    high-water mark of this (larger) process across fork and exec.
+    """
+    if not (reuse and (workdir / "sci.fits").exists()):
+        make_pair(size, workdir, n_fakes=50)
     code = (
-        "import resource, sys; from pathlib import Path;"
+        "from pathlib import Path;"
         "from astrid_assets.commands.diff import run_diff_files;"
         f"run_diff_files(Path('{workdir}/sci.fits'), Path('{workdir}/ref.fits'),"
         f" Path('{workdir}/out.fits'));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    return float(done.stdout.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
@@ -281,11 +285,12 @@ def main() -> None:
         found = f"threshold {best[0]}: {json.dumps(best[1])}" if best else "none up to 30 sigma"
         print(f"  at equal false candidates ({mine['false']}): {found}")
 
-    rss = peak_rss_of_diff(args.memory_size, args.work.parent / f"pair{args.memory_size}")
+    rss = peak_rss_of_diff(
+        args.memory_size, args.work.parent / f"pair{args.memory_size}", args.reuse_pair
+    )
     print(
         f"astrid diff peak resident memory at {args.memory_size}x{args.memory_size}: {rss:.0f} MB"
     )
-    print(f"(this process peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/bench_zogy_fft.py"), "--size", str(args.size)],
         check=False,

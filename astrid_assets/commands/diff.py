@@ -85,7 +85,9 @@ def run_diff_files(
     config = DiffConfig(method=method, threshold=threshold, align=align)  # type: ignore[arg-type]
     sci = read_image(science, sci_hdu)
     ref = read_image(reference, ref_hdu)
-    products = difference_pair(_prepare(sci), _prepare(ref), config)
+    new_image, ref_image = _prepare(sci), _prepare(ref)
+    sci.data = ref.data = None  # type: ignore[assignment]  # measured copies suffice now
+    products = difference_pair(new_image, ref_image, config)
     write_products(
         out,
         products,

@@ -285,29 +285,36 @@ def prepare_image(
     """
     if data.ndim != 2:
         raise ValueError(f"{name}: image must be 2-D, got shape {data.shape}")
-    image = np.ascontiguousarray(data, dtype=np.float32)
+    # One float32 working copy, changed in place from here on: at 4096x4096
+    # each extra image is 64 MB.
+    image = np.array(data, dtype=np.float32, order="C", copy=True)
     bad = ~np.isfinite(image)
     if mask is not None:
         if mask.shape != image.shape:
             raise ValueError(f"{name}: mask shape {mask.shape} differs from image {image.shape}")
         bad |= mask
-    sat, _level = saturation_mask(np.where(bad, 0, image), saturation, saturation_grow)
+    image[bad] = 0.0
+    sat, _level = saturation_mask(image, saturation, saturation_grow)
     bad |= sat
-    image = np.where(bad, np.float32(0), image)
+    image[bad] = 0.0
 
     bkg = estimate_background(image, mask=bad)
-    sky = bkg.background
     rms_map = bkg.rms
     sigma = float(bkg.global_rms)
     if gain is None and not background_subtracted:
-        gain = _estimate_gain(float(np.median(sky[~bad])) if (~bad).any() else 0.0, sigma, None)
-    sub = image - sky.astype(np.float32)
+        gain = _estimate_gain(float(bkg.global_background), sigma, None)
+    sub = image
+    sub -= bkg.background
     sub[bad] = 0.0
+    bkg.background = None  # type: ignore[assignment]
 
     if variance is None:
-        variance = rms_map.astype(np.float32) ** 2
+        variance = np.square(rms_map, dtype=np.float32)
         if gain:
-            variance = variance + np.clip(sub, 0, None) / np.float32(gain)
+            positive = np.clip(sub, 0, None)
+            positive /= np.float32(gain)
+            variance += positive
+            del positive
     variance = np.asarray(variance, dtype=np.float32)
 
     sources = extract_sources(sub, rms_map, mask=bad, threshold=SOURCE_THRESHOLD, gain=gain)
@@ -529,6 +536,14 @@ def _vet(candidates: Table, result: SubtractionResult, config: DiffConfig) -> Ta
     return kept
 
 
+def _with_model_error(variance: np.ndarray, data: np.ndarray, error: float) -> np.ndarray:
+    """``variance + (error * data)²`` as a new float32 array, with one temporary."""
+    out = np.multiply(data, np.float32(error), dtype=np.float32)
+    np.square(out, out=out)
+    out += variance
+    return out
+
+
 def difference_pair(
     new: PreparedImage, ref: PreparedImage, config: DiffConfig | None = None
 ) -> DiffProducts:
@@ -553,6 +568,9 @@ def difference_pair(
 
     t0 = time.perf_counter()
     mask = sci_mask | ref.mask
+    if sci is new.data:
+        sci = sci.copy()  # never write into the caller's image
+    sci[mask] = 0.0  # spares the subtraction a copy of its own
     reg_sigma = registration.get("sigma") or (0.0, 0.0)
     ast = tuple(max(float(s), config.astrometric_floor) for s in reg_sigma)  # type: ignore[union-attr]
     # Zero points fitted against a catalogue fix the flux scaling better than
@@ -561,9 +579,8 @@ def difference_pair(
     if new.zero_point is not None and ref.zero_point is not None:
         flux_ratio = float(10 ** (0.4 * (ref.zero_point - new.zero_point)))
     if config.model_error > 0:
-        eps2 = np.float32(config.model_error**2)
-        sci_var = sci_var + eps2 * sci * sci
-        ref_var = ref.variance + eps2 * ref.data * ref.data
+        sci_var = _with_model_error(sci_var, sci, config.model_error)
+        ref_var = _with_model_error(ref.variance, ref.data, config.model_error)
     else:
         ref_var = ref.variance
     if config.method == "zogy":

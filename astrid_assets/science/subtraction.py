@@ -279,11 +279,19 @@ def prepare_pair(
         if not np.isfinite(image.sum()):
             bad |= ~np.isfinite(image)
     if bad.any():
-        # Never write into the caller's arrays.
-        n = n.copy() if np.may_share_memory(n, new) else n
-        r = r.copy() if np.may_share_memory(r, ref) else r
-        np.copyto(n, dt.type(0), where=bad)
-        np.copyto(r, dt.type(0), where=bad)
+        # Never write into the caller's arrays; an image already zero on
+        # every bad pixel needs no copy (64 MB saved per image at 4096x4096).
+        for name in ("n", "r"):
+            image = n if name == "n" else r
+            if not np.any(image[bad]):
+                continue
+            source = new if name == "n" else ref
+            image = image.copy() if np.may_share_memory(image, source) else image
+            np.copyto(image, dt.type(0), where=bad)
+            if name == "n":
+                n = image
+            else:
+                r = image
     v_new = _check_variance(var_new, "var_new", bad)
     v_ref = _check_variance(var_ref, "var_ref", bad)
     return PreparedPair(n, r, p_new, p_ref, bad, v_new, v_ref, s_new, s_ref, dt)
