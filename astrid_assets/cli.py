@@ -84,8 +84,11 @@ def _hdu(value: str | None) -> int | str | None:
 @click.option("--size", default=1024, show_default=True, help="Image side, px.")
 @click.option("--reference-epochs", default=5, show_default=True)
 @click.option("--seed", type=int, default=None, help="Survey seed (default: the embedded one).")
-def demo(out: Path, size: int, reference_epochs: int, seed: int | None) -> None:
+@click.option("--fakes", default=25, show_default=True, help="Point sources to inject.")
+def demo(out: Path, size: int, reference_epochs: int, seed: int | None, fakes: int) -> None:
     """Run one simulated night of the embedded survey and show its candidates."""
+    import numpy as np
+
     from astrid_assets.commands.demo import run_demo
 
     steps = reference_epochs + 1
@@ -97,13 +100,27 @@ def demo(out: Path, size: int, reference_epochs: int, seed: int | None) -> None:
                 bar.update(1)
 
         result, table = run_demo(
-            out, size=size, n_reference=reference_epochs, seed=seed, progress=progress
+            out,
+            size=size,
+            n_reference=reference_epochs,
+            seed=seed,
+            n_fakes=fakes,
+            progress=progress,
         )
     summary = result.products
+    truth = result.truth
+    quality = result.processed.quality
+    limit = quality.limiting_mag
+    # What a difference image can show is the change of flux, not the flux.
+    visible = np.abs(np.asarray(truth["delta_flux"])) > quality.limiting_flux
+    fakes_found = 0 if result.injection is None else int(result.injection.table["recovered"].sum())
+    n_fakes = 0 if result.injection is None else len(result.injection.table)
     click.echo(
-        f"\n{len(table)} candidates above {summary.candidates.meta.get('threshold', 5.0)}"
-        f" sigma; truth: {sum(result.truth['matched'])} of {len(result.truth)} "
-        f"real transients found, {result.false_candidates} with no truth match"
+        f"\n{len(table)} candidates above {summary.candidates.meta.get('threshold', 5.0)} sigma "
+        f"(5-sigma limit {limit:.2f} mag): {fakes_found} of {n_fakes} injected fakes, "
+        f"{int(np.sum(truth['matched']))} of the simulator's {len(truth)} transients in the "
+        f"frame ({int(visible.sum())} changed by more than the limit), "
+        f"{result.false_candidates} matching nothing"
     )
     cols = ["id", "x", "y", "ra", "dec", "sign", "score_peak", "snr", "mag", "truth"]
     show = table[cols]

@@ -16,7 +16,7 @@ from astrid_assets.science.survey import NightResult, simulated_reference, subtr
 
 __all__ = ["plot_difference", "run_demo"]
 
-CANDIDATE_COLOURS = {"false": "red", "fake": "cyan"}
+CANDIDATE_COLOURS = {"false": "red", "fake": "cyan"}  # real transients: lime
 
 
 def plot_difference(result: NightResult, path: Path, title: str) -> Path:
@@ -35,7 +35,7 @@ def plot_difference(result: NightResult, path: Path, title: str) -> Path:
     for x, y, klass in zip(cands["x"], cands["y"], result.candidate_class, strict=True):
         colour = CANDIDATE_COLOURS.get(klass, "lime")
         ax.add_patch(plt.Circle((x, y), 15, fill=False, color=colour, lw=1.2))
-    ax.set_title(title + "  (green: real transient, red: no truth match)")
+    ax.set_title(title + "\ngreen: simulated transient, cyan: injected fake, red: no match")
     ax.set_xlabel("x [px]")
     ax.set_ylabel("y [px]")
     fig.tight_layout()
@@ -51,12 +51,16 @@ def run_demo(
     size: int = 1024,
     n_reference: int = 5,
     seed: int | None = None,
+    n_fakes: int = 25,
     progress: Callable[[str], None] = print,
 ) -> tuple[NightResult, Table]:
     """Simulate a field's reference epochs and one night, subtract, and report.
 
-    Returns the night's result and the candidate table with a ``truth``
-    column saying what each candidate matched.
+    ``n_fakes`` point sources (S/N 6-30) are injected into the night, so
+    that even a quiet night shows what detections look like; the table says
+    which candidates are fakes, which are the simulator's own transients and
+    which match nothing. Returns the night's result and the candidate table
+    with a ``truth`` column.
     """
     config = (
         SurveyConfig(shape=(size, size))
@@ -69,7 +73,15 @@ def run_demo(
     reference = simulated_reference(config, field, nights[:n_reference], progress)
     night = nights[-1]
     progress(f"science night {night}: calibrate, align, subtract (ZOGY), detect")
-    result = subtract_night(config, field, night, reference, diff_config=DiffConfig())
+    result = subtract_night(
+        config,
+        field,
+        night,
+        reference,
+        diff_config=DiffConfig(),
+        n_fakes=n_fakes,
+        snr_range=(6.0, 30.0),
+    )
     table = Table(result.products.candidates, copy=True)
     table["truth"] = result.candidate_class
     out.mkdir(parents=True, exist_ok=True)
