@@ -536,12 +536,17 @@ def _vet(candidates: Table, result: SubtractionResult, config: DiffConfig) -> Ta
     return kept
 
 
-def _with_model_error(variance: np.ndarray, data: np.ndarray, error: float) -> np.ndarray:
-    """``variance + (error * data)²`` as a new float32 array, with one temporary."""
-    out = np.multiply(data, np.float32(error), dtype=np.float32)
-    np.square(out, out=out)
-    out += variance
-    return out
+def _with_model_error(
+    variance: np.ndarray, data: np.ndarray, error: float, *, in_place: bool = False
+) -> np.ndarray:
+    """``variance + (error * data)²`` in float32: into ``variance`` when it is ours."""
+    term = np.multiply(data, np.float32(error), dtype=np.float32)
+    np.square(term, out=term)
+    if in_place and variance.dtype == np.float32:
+        variance += term
+        return variance
+    term += variance
+    return term
 
 
 def difference_pair(
@@ -579,7 +584,9 @@ def difference_pair(
     if new.zero_point is not None and ref.zero_point is not None:
         flux_ratio = float(10 ** (0.4 * (ref.zero_point - new.zero_point)))
     if config.model_error > 0:
-        sci_var = _with_model_error(sci_var, sci, config.model_error)
+        sci_var = _with_model_error(
+            sci_var, sci, config.model_error, in_place=sci_var is not new.variance
+        )
         ref_var = _with_model_error(ref.variance, ref.data, config.model_error)
     else:
         ref_var = ref.variance
