@@ -588,6 +588,11 @@ def difference_pair(
             sci_var, sci, config.model_error, in_place=sci_var is not new.variance
         )
         ref_var = _with_model_error(ref.variance, ref.data, config.model_error)
+        # Both maps are ours now: fill the invalid pixels the way the
+        # subtraction would, so it need not copy them.
+        ref_var[mask] = np.float32(ref.sigma**2)
+        if sci_var is not new.variance:
+            sci_var[mask] = np.float32(new.sigma**2)
     else:
         ref_var = ref.variance
     if config.method == "zogy":
