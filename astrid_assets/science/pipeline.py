@@ -41,6 +41,7 @@ __all__ = [
     "PreparedImage",
     "bright_star_xy",
     "difference_pair",
+    "estimate_gain",
     "normalize_score",
     "prepare_image",
     "saturation_mask",
@@ -230,7 +231,7 @@ def saturation_mask(
     return mask, level
 
 
-def _estimate_gain(level: float, sigma: float, read_noise: float | None) -> float | None:
+def estimate_gain(level: float, sigma: float, read_noise: float | None) -> float | None:
     """Gain from a raw image's sky: ``var = sky / g + (rn / g)²`` solved for g."""
     if level <= 0 or sigma <= 0:
         return None
@@ -301,12 +302,13 @@ def prepare_image(
     bkg = estimate_background(image, mask=bad)
     rms_map = bkg.rms
     sigma = float(bkg.global_rms)
+    sky = float(bkg.global_background)
     if gain is None and not background_subtracted:
-        gain = _estimate_gain(float(bkg.global_background), sigma, None)
+        gain = estimate_gain(sky, sigma, read_noise)
     sub = image
     sub -= bkg.background
     sub[bad] = 0.0
-    bkg.background = None  # type: ignore[assignment]
+    del bkg  # the sky map is not needed any more
 
     if variance is None:
         variance = np.square(rms_map, dtype=np.float32)
@@ -334,7 +336,7 @@ def prepare_image(
         wcs=wcs,
         zero_point=zero_point,
         name=name,
-        sky=float(bkg.global_background),
+        sky=sky,
         read_noise=float(read_noise or 0.0),
         fwhm=fwhm,
     )

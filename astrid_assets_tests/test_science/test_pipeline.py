@@ -7,7 +7,7 @@ import pytest
 
 from astrid_assets.science.pipeline import (
     DiffConfig,
-    _estimate_gain,
+    estimate_gain,
     saturation_mask,
     streak_mask,
 )
@@ -79,7 +79,7 @@ def test_gain_is_estimated_from_the_sky() -> None:
     rng = np.random.default_rng(1)
     gain, sky = 2.5, 1500.0
     image = rng.poisson(sky * gain, (300, 300)) / gain
-    estimate = _estimate_gain(sky, float(np.std(image)), None)
+    estimate = estimate_gain(sky, float(np.std(image)), None)
     assert estimate == pytest.approx(gain, rel=0.03)
 
 
