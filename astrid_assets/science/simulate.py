@@ -1325,7 +1325,6 @@ class _PointRenderer:
         need = flux[:, None] * self.edge[None, :] > self.threshold
         tier = np.minimum(need.sum(axis=1), len(self.halves) - 1)
         out_idx, out_w = [], []
-        hc, wc = canvas_shape
         for t, h in enumerate(self.halves):
             sel = np.flatnonzero(tier == t)
             if sel.size == 0:
@@ -1340,15 +1339,30 @@ class _PointRenderer:
                     (1 - fx) * table[a + 1, b] + fx * table[a + 1, b + 1]
                 )
                 stamps *= flux[chunk, None, None]
-                off = np.arange(-h, h + 1)
-                rr = iy[chunk, None, None] + off[None, :, None]
-                cc = ix[chunk, None, None] + off[None, None, :]
-                inside = (rr >= 0) & (rr < hc) & (cc >= 0) & (cc < wc)
-                out_idx.append((rr * wc + cc)[inside])
-                out_w.append(stamps[inside])
-        if not out_idx:
-            return np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(out_idx), np.concatenate(out_w)
+                idx, w = _stamp_pixels(stamps, ix[chunk], iy[chunk], h, canvas_shape)
+                out_idx.append(idx)
+                out_w.append(w)
+        return _joined(out_idx, out_w)
+
+
+def _stamp_pixels(
+    stamps: np.ndarray, ix: np.ndarray, iy: np.ndarray, h: int, canvas_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat canvas indices and values of ``(n, 2h+1, 2h+1)`` stamps centred on
+    ``(ix, iy)``; pixels off the canvas are dropped."""
+    hc, wc = canvas_shape
+    off = np.arange(-h, h + 1)
+    rr = iy[:, None, None] + off[None, :, None]
+    cc = ix[:, None, None] + off[None, None, :]
+    inside = (rr >= 0) & (rr < hc) & (cc >= 0) & (cc < wc)
+    return (rr * wc + cc)[inside], stamps[inside]
+
+
+def _joined(indices: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated (indices, values) of stamp pieces, empty arrays when none."""
+    if not indices:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(indices), np.concatenate(values)
 
 
 _GALAXY_HALVES = (3, 6, 12, 24, 48)
@@ -1371,7 +1385,6 @@ def _render_galaxies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-integrated Sersic profiles truncated at 5 r_eff, each summing to
     its flux. Returns flat canvas indices and electrons."""
-    hc, wc = canvas_shape
     need = np.ceil(5.0 * r_eff) + 1
     bucket = np.minimum(np.searchsorted(_GALAXY_HALVES, need), len(_GALAXY_HALVES) - 1)
     ix = np.rint(x).astype(np.int64)
@@ -1399,15 +1412,10 @@ def _render_galaxies(
             stamps = profile.reshape(len(chunk), size, ov, size, ov).sum(axis=(2, 4))
             total = stamps.sum(axis=(1, 2))
             stamps *= (flux[chunk] / np.where(total > 0, total, 1.0))[:, None, None]
-            off = np.arange(-h, h + 1)
-            rr = iy[chunk, None, None] + off[None, :, None]
-            cc = ix[chunk, None, None] + off[None, None, :]
-            inside = (rr >= 0) & (rr < hc) & (cc >= 0) & (cc < wc)
-            out_idx.append((rr * wc + cc)[inside])
-            out_w.append(stamps[inside])
-    if not out_idx:
-        return np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(out_idx), np.concatenate(out_w)
+            idx, w = _stamp_pixels(stamps, ix[chunk], iy[chunk], h, canvas_shape)
+            out_idx.append(idx)
+            out_w.append(w)
+    return _joined(out_idx, out_w)
 
 
 def _fft_convolve(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
