@@ -31,8 +31,8 @@ seen through the reference PSF, ``Y = N ⊗ P_r``, share the PSF
 ``P_n ⊗ P_r``, so ``X = (F_r / F_n) Y`` on every static source. Both are
 summed in boxes as wide as the core of that PSF, which makes them local
 fluxes whose ratio holds even where a PSF model is slightly off; a straight
-line with errors in both variables (York et al. 2004) and a free offset
-(for a residual background) is fitted over boxes bright in both (at least
+line through the origin with errors in both variables (York et al. 2004)
+is fitted over boxes bright in both (at least
 ``flux_ratio_snr`` times their background noise), rejecting outliers
 (transients, variables, residual cosmic rays) by iterative sigma clipping.
 
@@ -240,6 +240,7 @@ def solve_flux_ratio(
     clip: float = 4.0,
     min_pixels: int = 25,
     stride: int = 1,
+    fit_offset: bool = False,
 ) -> dict[str, float]:
     """Fit ``matched_ref = flux_ratio * matched_new + offset`` over bright pixels.
 
@@ -264,6 +265,11 @@ def solve_flux_ratio(
     stride : int
         Use every ``stride``-th row and column (neighbouring box sums carry
         nearly the same information).
+    fit_offset : bool
+        Fit a constant as well. Off by default: both images are
+        background-subtracted, and with only bright pixels in the fit a free
+        offset trades against the slope (on a simulated cloudy night it
+        pulled the ratio 11% low, with three times the scatter).
 
     Returns
     -------
@@ -298,7 +304,9 @@ def solve_flux_ratio(
         )
     var_r = nr[grid][good] ** 2 if nr.ndim else nr**2
     var_n = nn[grid][good] ** 2 if nn.ndim else nn**2
-    fit = fit_scale_offset(ref_s[good], new_s[good], var_r, var_n, clip=clip, max_iter=30)
+    fit = fit_scale_offset(
+        ref_s[good], new_s[good], var_r, var_n, fit_offset=fit_offset, clip=clip, max_iter=30
+    )
     return {
         "flux_ratio": fit["scale"],
         "offset": fit["offset"],

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from astrid_assets.science.pipeline import (
     DiffConfig,
+    difference_pair,
     estimate_gain,
     saturation_mask,
     streak_mask,
 )
 from astrid_assets.science.psf import moffat_psf
 from astrid_assets.science.simulate import SurveyConfig, field_names, survey_nights
-from astrid_assets.science.survey import simulated_reference, subtract_night
+from astrid_assets.science.survey import (
+    process_simulated,
+    simulated_reference,
+    subtract_night,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +111,14 @@ def test_config_rejects_wrong_values() -> None:
         DiffConfig(threshold=float("nan"))
     with pytest.raises(ValueError, match="stamp_size"):
         DiffConfig(stamp_size=64)
+
+
+def test_zogy_flux_ratio_from_pixels_agrees_with_catalogue_zero_points(small_survey) -> None:
+    config, field, night, reference = small_survey
+    _, processed = process_simulated(config, night, field)
+    science = replace(processed.prepared(), zero_point=None)
+    solved = difference_pair(science, reference.prepared).result.flux_ratio
+    from_zero_points = 10 ** (
+        0.4 * (reference.prepared.zero_point - processed.zero_point.zero_point)
+    )
+    assert solved == pytest.approx(from_zero_points, rel=0.03)
