@@ -45,7 +45,7 @@ __all__ = [
     "CANDIDATE_COLUMNS",
     "DetectionConfig",
     "detect_candidates",
-    "psf_fwhm",
+    "psf_equivalent_fwhm",
 ]
 
 _GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -182,7 +182,7 @@ class DetectionConfig:
                 raise ValueError(f"{name} must be a non-negative number of pixels, got {value}")
 
 
-def psf_fwhm(psf: np.ndarray) -> float:
+def psf_equivalent_fwhm(psf: np.ndarray) -> float:
     """Gaussian-equivalent FWHM of a PSF stamp from its noise-equivalent area.
 
     The noise-equivalent area ``1 / sum(P**2)`` of a unit-sum PSF is
@@ -602,8 +602,9 @@ def detect_candidates(
         One row per candidate, strongest ``|score_peak|`` first, with the
         columns of :data:`CANDIDATE_COLUMNS` (present, with NaN, also when
         the optional inputs are missing, and in an empty table). ``meta``
-        holds ``threshold``, ``psf_fwhm`` (px), ``difference_noise``,
-        ``method``, ``n_detected`` (before the cap) and ``truncated``.
+        holds ``threshold``, ``psf_fwhm`` (px, from
+        :func:`psf_equivalent_fwhm`), ``difference_noise``, ``method``,
+        ``n_detected`` (before the cap) and ``truncated``.
 
     Raises
     ------
@@ -623,7 +624,7 @@ def detect_candidates(
     bright_star_xy = _optional_xy(bright_star_xy, "bright_star_xy")
     if wcs is not None and not wcs.has_celestial:
         raise ValueError("wcs has no celestial axes; RA and Dec cannot be computed")
-    fwhm_psf = psf_fwhm(psf)
+    fwhm_psf = psf_equivalent_fwhm(psf)
     invalid = mask | ~np.isfinite(score)
     if config.edge:
         e = config.edge

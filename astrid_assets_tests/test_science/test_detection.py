@@ -12,7 +12,7 @@ from astrid_assets.science.detection import (
     CANDIDATE_COLUMNS,
     DetectionConfig,
     detect_candidates,
-    psf_fwhm,
+    psf_equivalent_fwhm,
 )
 from astrid_assets.science.psf import moffat_psf
 from astrid_assets.science.subtraction import SubtractionResult
@@ -314,14 +314,14 @@ def test_no_candidate_gives_an_empty_table_with_every_column() -> None:
     for name, (dtype, _, _) in CANDIDATE_COLUMNS.items():
         assert table[name].dtype == np.dtype(dtype), name
     assert table.meta["n_detected"] == 0
-    assert table.meta["psf_fwhm"] == pytest.approx(psf_fwhm(result.difference_psf))
+    assert table.meta["psf_fwhm"] == pytest.approx(psf_equivalent_fwhm(result.difference_psf))
 
 
-def test_psf_fwhm_of_a_gaussian_is_its_fwhm() -> None:
+def test_psf_equivalent_fwhm_of_a_gaussian_is_its_fwhm() -> None:
     yy, xx = np.mgrid[-15:16, -15:16]
     sigma = 2.0
     gauss = np.exp(-0.5 * (xx**2 + yy**2) / sigma**2)
-    assert psf_fwhm(gauss) == pytest.approx(2.3548 * sigma, rel=1e-3)
+    assert psf_equivalent_fwhm(gauss) == pytest.approx(2.3548 * sigma, rel=1e-3)
 
 
 def test_inconsistent_inputs_are_rejected() -> None:
