@@ -39,12 +39,15 @@ __all__ = [
     "DiffConfig",
     "DiffProducts",
     "PreparedImage",
+    "Subtraction",
     "bright_star_xy",
     "difference_pair",
     "estimate_gain",
+    "find_candidates",
     "normalize_score",
     "prepare_image",
     "saturation_mask",
+    "subtract_pair",
 ]
 
 
@@ -551,10 +554,35 @@ def _with_model_error(
     return term
 
 
-def difference_pair(
+@dataclass
+class Subtraction:
+    """A science image subtracted from a reference, before detection.
+
+    Attributes
+    ----------
+    result : SubtractionResult
+        D, its PSF and noise, the score image and the mask.
+    science : numpy.ndarray
+        The science image on the reference grid, background-subtracted, 0
+        where ``result.mask`` is set.
+    registration : dict
+        How the science image was aligned: method, residual rms, sigma (x, y)
+        and the ``transform`` (a PixelTransform from grid to science pixels,
+        or None).
+    timings : dict
+        Seconds per step.
+    """
+
+    result: SubtractionResult
+    science: np.ndarray
+    registration: dict[str, object]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def subtract_pair(
     new: PreparedImage, ref: PreparedImage, config: DiffConfig | None = None
-) -> DiffProducts:
-    """Subtract ``ref`` from ``new`` and find the candidates.
+) -> Subtraction:
+    """Align ``new`` onto ``ref``'s grid and subtract (ZOGY or classic).
 
     Parameters
     ----------
@@ -562,10 +590,6 @@ def difference_pair(
         Science and reference images from :func:`prepare_image`. The result
         lives on the reference grid.
     config : DiffConfig, optional
-
-    Returns
-    -------
-    DiffProducts
     """
     config = config or DiffConfig()
     timings: dict[str, float] = {}
@@ -622,7 +646,36 @@ def difference_pair(
     if config.normalize_score:
         normalize_score(result)
     timings["subtract"] = time.perf_counter() - t0
+    return Subtraction(result=result, science=sci, registration=registration, timings=timings)
 
+
+def find_candidates(
+    subtraction: Subtraction,
+    new: PreparedImage,
+    ref: PreparedImage,
+    config: DiffConfig | None = None,
+) -> tuple[Table, np.ndarray, dict[str, float]]:
+    """Detect, measure and vet the candidates of a subtraction; cut their triplets.
+
+    Parameters
+    ----------
+    subtraction : Subtraction
+        From :func:`subtract_pair` on ``new`` and ``ref``.
+    new, ref : PreparedImage
+        The images it was made from (cosmic rays are looked for in each).
+    config : DiffConfig, optional
+
+    Returns
+    -------
+    candidates : astropy.table.Table
+    cutouts : numpy.ndarray
+        (n, 3, size, size) float32 triplets (science, reference, difference).
+    timings : dict
+        Seconds for detection and for the cutouts.
+    """
+    config = config or DiffConfig()
+    result, sci = subtraction.result, subtraction.science
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ref_xy = (
         np.column_stack([np.asarray(ref.sources["x"]), np.asarray(ref.sources["y"])])
@@ -640,7 +693,9 @@ def difference_pair(
     )
     candidates = _vet(candidates, result, config)
     if config.cosmic_rays:
-        candidates = _drop_cosmic_rays(candidates, new, ref, registration.get("transform"))
+        candidates = _drop_cosmic_rays(
+            candidates, new, ref, subtraction.registration.get("transform")
+        )
     timings["detect"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -653,12 +708,35 @@ def difference_pair(
         size=config.stamp_size,
     )
     timings["cutouts"] = time.perf_counter() - t0
+    return candidates, cutouts, timings
+
+
+def difference_pair(
+    new: PreparedImage, ref: PreparedImage, config: DiffConfig | None = None
+) -> DiffProducts:
+    """Subtract ``ref`` from ``new`` and find the candidates.
+
+    :func:`subtract_pair` then :func:`find_candidates`.
+
+    Parameters
+    ----------
+    new, ref : PreparedImage
+        Science and reference images from :func:`prepare_image`. The result
+        lives on the reference grid.
+    config : DiffConfig, optional
+
+    Returns
+    -------
+    DiffProducts
+    """
+    subtraction = subtract_pair(new, ref, config)
+    candidates, cutouts, timings = find_candidates(subtraction, new, ref, config)
     return DiffProducts(
-        result=result,
+        result=subtraction.result,
         candidates=candidates,
         cutouts=cutouts,
-        science=sci,
+        science=subtraction.science,
         reference=ref.data,
-        registration=registration,
-        timings=timings,
+        registration=subtraction.registration,
+        timings={**subtraction.timings, **timings},
     )
