@@ -64,7 +64,9 @@ def make_pair(size: int, out: Path, n_fakes: int, seed: int = 7) -> dict:
     exposure, processed = process_simulated(config, nights[4], field)
     grid = field_wcs(config, field)
     rng = np.random.default_rng(seed)
-    science, fakes = inject_fakes(processed, exposure, reference, grid, n_fakes, (2.0, 20.0), rng)
+    science, fakes = inject_fakes(
+        processed, exposure.psf, exposure.wcs, reference, grid, n_fakes, (2.0, 20.0), rng
+    )
     aligned = align_to_grid(
         science.data,
         science.wcs,
@@ -96,7 +98,7 @@ def make_pair(size: int, out: Path, n_fakes: int, seed: int = 7) -> dict:
     fits.writeto(out / "ref_filled.fits", filled, ref_header, overwrite=True)
     fits.writeto(out / "sci_psf.fits", exposure.psf, overwrite=True)
     fits.writeto(out / "ref_psf.fits", ref.psf, overwrite=True)
-    truth = truth_on_grid(exposure, grid)
+    truth = truth_on_grid(exposure.truth, grid)
     return {
         "fakes": fakes,
         "truth_xy": np.column_stack([truth["grid_x"], truth["grid_y"]]),

@@ -40,9 +40,11 @@ from astrid_assets.science.simulate import (
 __all__ = [
     "InjectionRun",
     "NightResult",
+    "classify_candidates",
     "grid_stars",
     "inject_fakes",
     "process_simulated",
+    "recover_fakes",
     "simulated_reference",
     "subtract_night",
     "truth_on_grid",
@@ -108,9 +110,8 @@ def simulated_reference(
     )
 
 
-def truth_on_grid(exposure: SimulatedExposure, grid_wcs: WCS) -> Table:
-    """The exposure's astrophysical truth with positions on the reference grid."""
-    truth = exposure.truth
+def truth_on_grid(truth: Table, grid_wcs: WCS) -> Table:
+    """A simulated exposure's astrophysical truth with positions on the reference grid."""
     keep = np.isin(np.asarray(truth["type"]).astype(str), ASTROPHYSICAL)
     out = Table(truth[keep], copy=True)
     gx, gy = grid_wcs.world_to_pixel_values(np.asarray(out["ra"]), np.asarray(out["dec"]))
@@ -164,18 +165,44 @@ class NightResult:
 
 def inject_fakes(
     processed: ProcessedExposure,
-    exposure: SimulatedExposure,
+    psf: np.ndarray,
+    wcs: WCS,
     reference: FieldReference,
     grid_wcs: WCS,
     n_fakes: int,
     snr_range: tuple[float, float],
     rng: np.random.Generator,
 ) -> tuple[ProcessedExposure, Table]:
-    """Add fakes with the exposure's true PSF, spanning ``snr_range`` in ideal S/N."""
+    """Add fakes spanning ``snr_range`` in ideal difference S/N.
+
+    Parameters
+    ----------
+    processed : ProcessedExposure
+        The calibrated exposure to inject into.
+    psf : numpy.ndarray
+        PSF stamp the fakes are drawn with: the true one on a simulation,
+        the measured one (``processed.psf.stamp``) anywhere else.
+    wcs : astropy.wcs.WCS
+        The exposure's pixel-to-sky map, to place the fakes on the grid.
+    reference : FieldReference
+    grid_wcs : astropy.wcs.WCS
+        The reference grid.
+    n_fakes : int
+    snr_range : (float, float)
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ProcessedExposure
+        A copy with the fakes added to the data and their photon noise to
+        the variance.
+    astropy.table.Table
+        One row per fake: x, y, grid_x, grid_y, flux, mag, snr, snr_science.
+    """
     x, y = place_sources(
         processed.data.shape, n_fakes, rng, margin=60, min_separation=30, avoid=processed.mask
     )
-    world = exposure.wcs.pixel_to_world_values(x, y)
+    world = wcs.pixel_to_world_values(x, y)
     gx, gy = grid_wcs.world_to_pixel_values(*world)
     ix, iy = np.round(gx).astype(int), np.round(gy).astype(int)
     ny, nx = reference.prepared.data.shape
@@ -185,16 +212,12 @@ def inject_fakes(
     var_new = processed.variance[np.round(y).astype(int), np.round(x).astype(int)]
     var_ref = reference.prepared.variance[iy, ix]
     ratio = 10 ** (0.4 * (reference.prepared.zero_point - processed.zero_point.zero_point))
-    unit = difference_snr(
-        np.ones_like(x), exposure.psf, reference.prepared.psf, var_new, var_ref, ratio
-    )
+    unit = difference_snr(np.ones_like(x), psf, reference.prepared.psf, var_new, var_ref, ratio)
     target = rng.uniform(*snr_range, size=x.size)
     flux = target / unit
-    injected = inject_point_sources(
-        processed.data, exposure.psf, x, y, flux, gain=processed.gain, rng=rng
-    )
+    injected = inject_point_sources(processed.data, psf, x, y, flux, gain=processed.gain, rng=rng)
     variance = processed.variance + (injected.model / processed.gain).astype(np.float32)
-    science_only = difference_snr(flux, exposure.psf, exposure.psf, var_new, 0.0)
+    science_only = difference_snr(flux, psf, psf, var_new, 0.0)
     zp = processed.zero_point.zero_point
     table = Table(
         {
@@ -209,6 +232,76 @@ def inject_fakes(
         }
     )
     return replace(processed, data=injected.image, variance=variance), table
+
+
+def classify_candidates(candidates: Table, truth: Table, match_radius: float = 2.0) -> np.ndarray:
+    """What each candidate is, by position against the simulator's truth.
+
+    Parameters
+    ----------
+    candidates : astropy.table.Table
+        x, y on the reference grid.
+    truth : astropy.table.Table
+        From :func:`truth_on_grid`; gains a ``matched`` column.
+    match_radius : float
+        Pixels.
+
+    Returns
+    -------
+    numpy.ndarray of str
+        Per candidate: the truth type it matched (supernova, variable,
+        asteroid, flare), "truth" when it lies near an entry matched by a
+        closer candidate, or "false".
+    """
+    cx, cy = np.asarray(candidates["x"], float), np.asarray(candidates["y"], float)
+    klass = np.full(len(candidates), "false", dtype=object)
+    tm = match_to_truth(cx, cy, truth["grid_x"], truth["grid_y"], match_radius)
+    truth["matched"] = tm.truth_matched
+    for ti, ci in enumerate(tm.truth_to_candidate):
+        if ci >= 0:
+            klass[ci] = str(truth["type"][ti])
+    # Candidates near a truth entry but not its nearest still belong to it.
+    klass[(klass == "false") & tm.candidate_matched] = "truth"
+    return klass
+
+
+def recover_fakes(
+    fakes: Table, candidates: Table, mask: np.ndarray, match_radius: float = 2.0
+) -> Table:
+    """Which injected fakes came back as positive candidates.
+
+    Parameters
+    ----------
+    fakes : astropy.table.Table
+        From :func:`inject_fakes` (grid_x, grid_y on the reference grid).
+    candidates : astropy.table.Table
+        The candidates of the difference made with the fakes in.
+    mask : numpy.ndarray
+        The difference's invalid pixels.
+    match_radius : float
+        Pixels.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``fakes`` with ``masked`` (it fell where the difference is invalid,
+        so no method could find it), ``recovered`` and ``measured_flux``;
+        ``meta["candidate_is_fake"]`` flags the candidates that matched one.
+    """
+    out = Table(fakes, copy=True)
+    cx, cy = np.asarray(candidates["x"], float), np.asarray(candidates["y"], float)
+    fm = match_to_truth(cx, cy, out["grid_x"], out["grid_y"], match_radius)
+    sign = np.asarray(candidates["sign"]) if len(candidates) else np.zeros(0)
+    idx = fm.truth_to_candidate
+    positive = np.array([i >= 0 and sign[i] > 0 for i in idx], dtype=bool)
+    gx = np.clip(np.round(np.asarray(out["grid_x"])).astype(int), 0, mask.shape[1] - 1)
+    gy = np.clip(np.round(np.asarray(out["grid_y"])).astype(int), 0, mask.shape[0] - 1)
+    out["masked"] = mask[gy, gx]
+    out["recovered"] = positive
+    flux = np.asarray(candidates["flux"]) if len(candidates) else np.zeros(1)
+    out["measured_flux"] = np.where(positive, flux[np.maximum(idx, 0)], np.nan)
+    out.meta["candidate_is_fake"] = np.asarray(fm.candidate_matched, dtype=bool)
+    return out
 
 
 def subtract_night(
@@ -237,41 +330,18 @@ def subtract_night(
     if n_fakes:
         rng = np.random.default_rng([seed, config.seed, int(night.replace("-", ""))])
         science, injection_table = inject_fakes(
-            processed, exposure, reference, grid_wcs, n_fakes, snr_range, rng
+            processed, exposure.psf, exposure.wcs, reference, grid_wcs, n_fakes, snr_range, rng
         )
     products = difference_pair(science.prepared(), reference.prepared, diff_config)
     cands = products.candidates
-    cx, cy = np.asarray(cands["x"], float), np.asarray(cands["y"], float)
-    klass = np.full(len(cands), "false", dtype=object)
 
-    truth = truth_on_grid(exposure, grid_wcs)
-    tm = match_to_truth(cx, cy, truth["grid_x"], truth["grid_y"], match_radius)
-    truth["matched"] = tm.truth_matched
-    for ti, ci in enumerate(tm.truth_to_candidate):
-        if ci >= 0:
-            klass[ci] = str(truth["type"][ti])
-    # Candidates near a truth entry but not its nearest still belong to it.
-    klass[(klass == "false") & tm.candidate_matched] = "truth"
-
+    truth = truth_on_grid(exposure.truth, grid_wcs)
+    klass = classify_candidates(cands, truth, match_radius)
     run = None
     if injection_table is not None:
-        fm = match_to_truth(
-            cx, cy, injection_table["grid_x"], injection_table["grid_y"], match_radius
-        )
-        sign = np.asarray(cands["sign"]) if len(cands) else np.zeros(0)
-        idx = fm.truth_to_candidate
-        positive = np.array([i >= 0 and sign[i] > 0 for i in idx], dtype=bool)
-        gx = np.round(np.asarray(injection_table["grid_x"])).astype(int)
-        gy = np.round(np.asarray(injection_table["grid_y"])).astype(int)
-        # A fake that landed where the difference is invalid (a streak, a
-        # saturated star's halo) could not be found by any method.
-        injection_table["masked"] = products.result.mask[gy, gx]
-        injection_table["recovered"] = positive
-        injection_table["measured_flux"] = np.where(
-            positive, np.asarray(cands["flux"])[np.maximum(idx, 0)] if len(cands) else 0, np.nan
-        )
-        klass[(klass == "false") & fm.candidate_matched] = "fake"
-        run = InjectionRun(table=injection_table)
+        recovered = recover_fakes(injection_table, cands, products.result.mask, match_radius)
+        klass[(klass == "false") & recovered.meta.pop("candidate_is_fake")] = "fake"
+        run = InjectionRun(table=recovered)
     return NightResult(
         exposure=exposure,
         processed=processed,
