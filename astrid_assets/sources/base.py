@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -18,7 +19,13 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from dagster import ConfigurableResource
 
-__all__ = ["CalibrationFrames", "RawExposure", "SurveySource"]
+__all__ = [
+    "CalibrationFrames",
+    "RawExposure",
+    "SurveySource",
+    "read_raw_exposure",
+    "write_raw_exposure",
+]
 
 
 @dataclass
@@ -55,6 +62,30 @@ class RawExposure:
         return value
 
 
+def write_raw_exposure(exposure: RawExposure, path: Path) -> Path:
+    """Write a raw exposure as a telescope would deliver it: header and pixels
+    in a ``RAW`` extension, and the simulator's truth as ``TRUTH`` when known."""
+    from astrid_assets.science.fitsio import write_fits_atomic
+
+    tables = {"TRUTH": exposure.truth} if exposure.truth is not None else None
+    return write_fits_atomic(path, {"RAW": (exposure.data, exposure.header)}, tables)
+
+
+def read_raw_exposure(path: str | Path, night: str, field: str) -> RawExposure:
+    """Read a delivered raw exposure; errors name the file and the problem."""
+    from astrid_assets.science.fitsio import FitsInputError, read_image
+
+    image = read_image(path)
+    truth = None
+    try:
+        with fits.open(path) as hdul:
+            if "TRUTH" in hdul:
+                truth = Table.read(hdul["TRUTH"])
+    except OSError as err:
+        raise FitsInputError(path, f"unreadable TRUTH table ({err})") from err
+    return RawExposure(night=night, field=field, data=image.data, header=image.header, truth=truth)
+
+
 @dataclass
 class CalibrationFrames:
     """A night's bias frames and flat fields, raw ADU."""
@@ -65,7 +96,28 @@ class CalibrationFrames:
 
 
 class SurveySource(ConfigurableResource):
-    """A survey's exposures, calibration frames, catalogues and field grids."""
+    """A survey's exposures, calibration frames, catalogues and field grids.
+
+    ``landing_dir`` is where a telescope delivers a night's raw exposures
+    as ``NIGHT/FIELD.fits``; an exposure found there is read from there, and
+    the landing sensor starts the night's processing when one arrives.
+    """
+
+    landing_dir: str | None = None
+
+    def landed_path(self, night: str, field: str) -> Path | None:
+        """Where ``night``'s exposure of ``field`` lies in the landing directory, if it does."""
+        if not self.landing_dir:
+            return None
+        path = Path(self.landing_dir) / night / f"{field}.fits"
+        return path if path.exists() else None
+
+    def landed_exposure(self, night: str, field: str) -> RawExposure | None:
+        """The delivered exposure of ``field`` on ``night``, or None when none was delivered."""
+        path = self.landed_path(night, field)
+        if path is None:
+            return None
+        return read_raw_exposure(path, night, field)
 
     @abstractmethod
     def fields(self) -> list[str]:

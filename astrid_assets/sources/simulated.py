@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
@@ -66,6 +67,9 @@ class SimulatedSurvey(SurveySource):
         from astrid_assets.science.simulate import simulate_exposure
 
         self._check_field(field)
+        landed = self.landed_exposure(night, field)
+        if landed is not None:
+            return landed
         exposure = simulate_exposure(self.survey_config, night, field)
         return RawExposure(
             night=night,
@@ -74,6 +78,22 @@ class SimulatedSurvey(SurveySource):
             header=exposure.header,
             truth=exposure.truth,
         )
+
+    def deliver(self, night: str, landing_dir: str | Path | None = None) -> list[Path]:
+        """Write ``night``'s raw exposures of every field into the landing directory,
+        as the telescope would at the end of the night."""
+        from astrid_assets.science.simulate import simulate_exposure
+        from astrid_assets.sources.base import write_raw_exposure
+
+        root = Path(landing_dir or self.landing_dir or "")
+        if not str(root):
+            raise ValueError("no landing directory to deliver to")
+        paths = []
+        for field in self.fields():
+            exposure = simulate_exposure(self.survey_config, night, field)
+            raw = RawExposure(night, field, exposure.data, exposure.header, exposure.truth)
+            paths.append(write_raw_exposure(raw, root / night / f"{field}.fits"))
+        return paths
 
     def calibration_frames(self, night: str) -> CalibrationFrames:
         from astrid_assets.science.simulate import simulate_calibration_frames

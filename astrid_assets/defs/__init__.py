@@ -1,0 +1,1 @@
+"""Dagster wiring, by domain: each module reads inputs, calls science, returns outputs."""
