@@ -122,15 +122,16 @@ def candidate_frame(
 ) -> pl.DataFrame:
     """Candidates as a table row each: identifiers, measurements, features, cutouts."""
     n = len(table)
-    columns: dict[str, object] = {
-        "candidate_id": [f"{night}_{field}_{int(i):04d}" for i in table["id"]] if n else [],
-        "night": [night] * n,
-        "field": [field] * n,
-    }
+    ids = [f"{night}_{field}_{int(i):04d}" for i in table["id"]] if n else []
+    columns = [
+        pl.Series("candidate_id", ids, dtype=pl.Utf8),
+        pl.Series("night", [night] * n, dtype=pl.Utf8),
+        pl.Series("field", [field] * n, dtype=pl.Utf8),
+    ]
     for name in table.colnames:
         values = np.asarray(table[name])
         if values.ndim == 1:
-            columns[name] = values
+            columns.append(pl.Series(name, values))
     frame = pl.DataFrame(columns)
     for name, value in extra.items():
         frame = frame.with_columns(pl.lit(value).alias(name))
@@ -193,7 +194,9 @@ def candidates(
     quality_ok = bool(frame["quality_ok"][0]) if len(frame) else False
     frame_out = candidate_frame(
         table, cutouts, night, field, {"frame_quality_ok": quality_ok}
-    ).with_columns(pl.Series("truth", truth if truth is not None else [None] * len(table)))
+    ).with_columns(
+        pl.Series("truth", truth if truth is not None else [None] * len(table), dtype=pl.Utf8)
+    )
     n = len(frame_out)
     counts = {} if truth is None else dict(zip(*np.unique(truth, return_counts=True), strict=True))
     yield Output(

@@ -1,0 +1,197 @@
+"""Dagster IO managers for images (FITS) and tables (Parquet).
+
+Both keep one file per partition under a root that is a local directory or
+an object store URL (``s3://bucket/prefix``; fsspec options go in
+``storage_options``)::
+
+    {root}/{asset key path}/{night}/{field}.{ext}     night x field partitions
+    {root}/{asset key path}/{key}.{ext}               one partition dimension
+    {root}/{asset key path}.{ext}                     unpartitioned
+
+The night comes first whatever the order of Dagster's dimensions, so a
+night's products sit in one folder. Files are written atomically
+(:mod:`astrid_assets.storage.atomic`); a re-materialized partition replaces
+its file. Loading many partitions (a night's fields, say) gives a dict
+keyed by partition, Dagster's usual way, and honours the
+``allow_missing_partitions`` input metadata.
+
+After a table is written, an output whose definition metadata names a
+``table`` (``AssetOut(metadata={"table": "candidates"})``) gets a DuckDB
+view of that name over all its partitions in the catalog.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from astropy.table import Table
+from dagster import (
+    ConfigurableIOManagerFactory,
+    InitResourceContext,
+    InputContext,
+    MetadataValue,
+    MultiPartitionsDefinition,
+    OutputContext,
+    UPathIOManager,
+)
+from pydantic import Field
+from upath import UPath
+
+from astrid_assets.storage import fits_codec
+from astrid_assets.storage.atomic import atomic_write_bytes
+from astrid_assets.storage.catalog import Catalog
+
+__all__ = [
+    "NIGHT_DIMENSION",
+    "FitsIOManager",
+    "FitsStore",
+    "ParquetIOManager",
+    "ParquetStore",
+    "as_polars",
+]
+
+NIGHT_DIMENSION = "night"
+
+
+class _PartitionLayout(UPathIOManager):
+    """``{asset}/{night}/{field}``: partition folders with the night first."""
+
+    def get_path_for_partition(
+        self, context: InputContext | OutputContext, path: UPath, partition: str
+    ) -> UPath:
+        parts = partition.split("/")
+        definition = context.asset_partitions_def
+        if isinstance(definition, MultiPartitionsDefinition):
+            # Dagster joins the dimensions' keys in the order of their names.
+            names = sorted(dimension.name for dimension in definition.partitions_defs)
+            by_name = dict(zip(names, parts, strict=True))
+            parts = [by_name[n] for n in sorted(names, key=lambda n: n != NIGHT_DIMENSION)]
+        for part in parts:
+            if part in ("", ".", "..") or "\\" in part:
+                raise ValueError(f"partition key {partition!r} cannot be a path")
+        return path.joinpath(*parts)
+
+
+def _size_mb(data: bytes) -> MetadataValue:
+    return MetadataValue.float(round(len(data) / 1e6, 3))
+
+
+class FitsStore(_PartitionLayout):
+    """Image products as compressed FITS (:mod:`astrid_assets.storage.fits_codec`)."""
+
+    extension = ".fits"
+
+    def __init__(self, base_path: UPath, *, quantize_level: float = 16.0) -> None:
+        super().__init__(base_path=base_path)
+        self.quantize_level = quantize_level
+
+    def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
+        data = fits_codec.to_bytes(obj, self.quantize_level)
+        atomic_write_bytes(path, data)
+        context.add_output_metadata({"size_mb": _size_mb(data)})
+
+    def load_from_path(self, context: InputContext, path: UPath) -> Any:
+        return fits_codec.from_bytes(path.read_bytes(), source=str(path))
+
+
+def _series(name: str, column: Any) -> pl.Series:
+    values = np.asarray(column)
+    if values.dtype.kind == "S":
+        values = np.char.decode(values, "utf-8")
+    if values.dtype.kind == "O":
+        raise TypeError(f"column {name!r} holds Python objects; give it a numeric or str dtype")
+    series = pl.Series(name, values)  # 2-D and more become fixed-size Array columns
+    mask = np.ma.getmaskarray(column) if np.ma.is_masked(column) else None
+    if mask is not None:
+        rows = mask.reshape(len(values), -1).any(axis=1)
+        series = series.scatter(np.flatnonzero(rows), None)
+    return series
+
+
+def as_polars(obj: Any) -> pl.DataFrame:
+    """A polars DataFrame of a DataFrame, a pyarrow Table or an astropy Table.
+
+    Multidimensional astropy columns (cutout stamps) become fixed-size
+    ``Array`` columns, masked entries nulls; units are not kept.
+    """
+    if isinstance(obj, pl.DataFrame):
+        return obj
+    if isinstance(obj, pa.Table):
+        frame = pl.from_arrow(obj)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+    if isinstance(obj, Table):
+        return pl.DataFrame([_series(name, obj[name]) for name in obj.colnames])
+    raise TypeError(
+        f"a table output must be a polars DataFrame, pyarrow Table or astropy Table, "
+        f"got {type(obj).__name__}"
+    )
+
+
+class ParquetStore(_PartitionLayout):
+    """Tables as zstd Parquet, loaded as polars DataFrames, with DuckDB views."""
+
+    extension = ".parquet"
+
+    def __init__(self, base_path: UPath, *, catalog: Catalog | None = None) -> None:
+        super().__init__(base_path=base_path)
+        self.catalog = catalog
+
+    def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
+        buffer = io.BytesIO()
+        as_polars(obj).write_parquet(buffer, compression="zstd")
+        data = buffer.getvalue()
+        atomic_write_bytes(path, data)
+        context.add_output_metadata({"size_mb": _size_mb(data)})
+        table = (context.definition_metadata or {}).get("table")
+        if table and self.catalog is not None:
+            self.catalog.ensure_view(str(table), self.table_glob(context), written=str(path))
+
+    def load_from_path(self, context: InputContext, path: UPath) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(path.read_bytes()))
+
+    def table_glob(self, context: InputContext | OutputContext) -> str:
+        """The files of every partition of the context's asset."""
+        asset = self._base_path.joinpath(*context.asset_key.path)
+        if context.has_asset_partitions:
+            return f"{asset}/**/*{self.extension}"
+        return f"{asset}{self.extension}"
+
+
+class FitsIOManager(ConfigurableIOManagerFactory):
+    """Image products as compressed FITS files under ``root``."""
+
+    root: str = Field(description="Local directory or object store URL (s3://bucket/prefix).")
+    quantize_level: float = Field(
+        default=16.0,
+        ge=0,
+        description="Noisy images are quantized to their noise / quantize_level; 0: lossless.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options of a remote root (endpoint, keys)."
+    )
+
+    def create_io_manager(self, context: InitResourceContext) -> FitsStore:
+        return FitsStore(
+            UPath(self.root, **self.storage_options), quantize_level=self.quantize_level
+        )
+
+
+class ParquetIOManager(ConfigurableIOManagerFactory):
+    """Tables as Parquet files under ``root``, with views in a DuckDB catalog."""
+
+    root: str = Field(description="Local directory or object store URL (s3://bucket/prefix).")
+    catalog_path: str | None = Field(
+        default=None, description="DuckDB catalog file; None: no views are kept."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options of a remote root (endpoint, keys)."
+    )
+
+    def create_io_manager(self, context: InitResourceContext) -> ParquetStore:
+        catalog = Catalog(self.catalog_path) if self.catalog_path else None
+        return ParquetStore(UPath(self.root, **self.storage_options), catalog=catalog)
