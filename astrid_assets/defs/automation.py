@@ -151,7 +151,7 @@ def submit_backfill(
 @schedule(
     cron_schedule="0 14 * * *",
     execution_timezone="UTC",
-    target=list(NIGHT_FIELD_ASSETS + NIGHT_ASSETS),
+    target=list(NIGHT_FIELD_ASSETS),
     default_status=DefaultScheduleStatus.STOPPED,
     description="Each day at 14:00 UTC, once the night is over everywhere, process the night "
     "that just ended: add it as a partition and launch a backfill over its fields.",
@@ -184,7 +184,7 @@ def _landed_nights(landing: Path) -> dict[str, list[str]]:
 
 
 @sensor(
-    target=list(NIGHT_FIELD_ASSETS + NIGHT_ASSETS),
+    target=list(NIGHT_FIELD_ASSETS),
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
     description="Watches the landing directory for a new night's exposures "

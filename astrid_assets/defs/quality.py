@@ -26,6 +26,7 @@ from astrid_assets.sources import SurveySource
 __all__ = ["CompletenessConfig", "completeness_report"]
 
 BY_NIGHT = by_dimension(NIGHT)
+ALLOW_MISSING = {"allow_missing_partitions": True}
 
 
 class CompletenessConfig(DifferenceConfig):
@@ -51,9 +52,14 @@ class CompletenessConfig(DifferenceConfig):
         )
     },
     ins={
-        "calibrated": AssetIn("calibrated_exposures", partition_mapping=BY_NIGHT),
-        "references": AssetIn("reference_images", partition_mapping=AllPartitionMapping()),
-        "found": AssetIn("candidates", partition_mapping=BY_NIGHT),
+        # A field that failed tonight leaves the others to report on.
+        "calibrated": AssetIn(
+            "calibrated_exposures", partition_mapping=BY_NIGHT, metadata=ALLOW_MISSING
+        ),
+        "references": AssetIn(
+            "reference_images", partition_mapping=AllPartitionMapping(), metadata=ALLOW_MISSING
+        ),
+        "found": AssetIn("candidates", partition_mapping=BY_NIGHT, metadata=ALLOW_MISSING),
     },
     partitions_def=night_partitions,
     group_name="quality",
