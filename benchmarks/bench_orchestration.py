@@ -11,11 +11,11 @@ four steps are ``raw_exposures``, ``calibrated_exposures``,
 * ``science``: the same science calls in one process, inputs in memory,
   nothing written: ``survey.exposure``, ``calibrate``, ``subtract_pair``,
   ``find_candidates``.
-* ``materialize``: ``dagster.materialize`` of the four assets in this process
+* ``materialize``: ``dagster.materialize`` of the four steps in this process
   with the real IO managers (compressed FITS and Parquet written
   atomically, the DuckDB catalog updated, each step reading its inputs back
   from the store), asset checks and metadata previews included.
-* ``launched``: the same four assets as a real run in a fresh process,
+* ``launched``: the same four steps as a real run in a fresh process,
   ``dagster asset materialize`` with the code location's multiprocess
   executor (forkserver with the definitions preloaded), as the daemon
   launches runs; the wall time includes starting Python and importing the
@@ -33,7 +33,14 @@ import time
 from pathlib import Path
 
 NIGHT, FIELD = "2026-01-05", "F01"
-STEPS = ["raw_exposures", "calibrated_exposures", "difference_images", "candidates"]
+STEPS = [
+    "raw_exposures",
+    "exposure_table",
+    "calibrated_exposures",
+    "frame_table",
+    "difference_images",
+    "candidates",
+]
 
 
 def best_of(repeat: int, fn) -> float:

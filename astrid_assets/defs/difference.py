@@ -70,7 +70,8 @@ class CandidateConfig(DifferenceConfig):
             io_manager_key="fits_io_manager",
             kinds={"fits"},
             description="The science image minus the field's reference on the reference grid: "
-            "D, its PSF, the score S_corr (in σ), the mask and the aligned science image.",
+            "D, its PSF, the score S_corr (in σ), the mask and the aligned science image. "
+            "A preview of D with its candidates circled is in the candidates' metadata.",
         )
     },
     ins={
@@ -94,6 +95,10 @@ def difference_images(
     seconds = time.perf_counter() - started
     result = subtraction.result
     reg = subtraction.registration
+    context.log.info(
+        f"{field} {night}: {result.method}, flux ratio {result.flux_ratio:.4f}, "
+        f"aligned by {reg.get('method')} in {seconds:.1f} s"
+    )
     yield Output(
         subtraction,
         output_name="difference_images",
@@ -106,9 +111,6 @@ def difference_images(
             "alignment_rms_px": round(float(reg.get("residual_rms") or 0.0), 4),
             "seconds": round(seconds, 2),
             **{f"seconds_{k}": round(v, 2) for k, v in subtraction.timings.items()},
-            "preview": difference_preview(
-                result.difference, result.mask, title=f"D {field} {night} ({result.method})"
-            ),
         },
     )
     yield checks.no_nan_outside_mask(

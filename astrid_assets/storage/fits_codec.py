@@ -74,6 +74,7 @@ HDU_COUNT_KEYWORD = "ASTRNHDU"
 DTYPE_KEYWORD = "ASTRTYPE"
 DITHER_SEED = 1
 """Fixed, so that writing the same product twice quantizes it the same way."""
+TILE_ROWS = 32
 SMOOTH_STEP = 0.01
 """Absolute quantization step of smooth maps (sky and its rms), ADU."""
 
@@ -88,6 +89,12 @@ Kind = Literal["noisy", "smooth", "exact", "mask", "integer", "small"]
 # --------------------------------------------------------------------------
 # Compression policy
 # --------------------------------------------------------------------------
+
+
+def _tile_shape(array: np.ndarray) -> tuple[int, ...]:
+    """Tiles of 32 whole rows: a third less time than one-row tiles, as small a
+    file, and the noise a quantized tile is scaled to is still local."""
+    return (min(TILE_ROWS, array.shape[0]), *array.shape[1:])
 
 
 def image_hdu(
@@ -131,12 +138,20 @@ def image_hdu(
             if array.size and (array.min() < np.iinfo(np.int32).min or array.max() > 2**31 - 1):
                 raise ValueError(f"{name}: integer values exceed 32 bits")
             array = array.astype(np.int32)
-        hdu = fits.CompImageHDU(array, name=name, compression_type="RICE_1")
+        hdu = fits.CompImageHDU(
+            array, name=name, compression_type="RICE_1", tile_shape=_tile_shape(array)
+        )
         stored_dtype = None if array.dtype == original else original.name
     elif kind == "exact" or (kind in ("noisy", "smooth") and quantize_level == 0):
         if kind != "exact" or array.dtype not in (np.float32, np.float64):
             array = array.astype(np.float32)
-        hdu = fits.CompImageHDU(array, name=name, compression_type="GZIP_2", quantize_level=0.0)
+        hdu = fits.CompImageHDU(
+            array,
+            name=name,
+            compression_type="GZIP_2",
+            quantize_level=0.0,
+            tile_shape=_tile_shape(array),
+        )
     elif kind in ("noisy", "smooth"):
         level = quantize_level if kind == "noisy" else -SMOOTH_STEP  # < 0: absolute step
         hdu = fits.CompImageHDU(
@@ -146,6 +161,7 @@ def image_hdu(
             quantize_level=level,
             quantize_method=_SUBTRACTIVE_DITHER_2,
             dither_seed=DITHER_SEED,
+            tile_shape=_tile_shape(array),
         )
     else:
         raise ValueError(f"unknown image kind {kind!r}")

@@ -83,7 +83,7 @@ def test_a_partition_lands_in_the_store_and_the_catalog_with_its_checks(store):
         "score_std_near_one": True,
         "candidate_count_plausible": True,
     }
-    assert _metadata(result, "difference_images")["preview"].startswith("![")
+    assert _metadata(result, "candidates")["preview"].startswith("![")
 
 
 def test_materializing_a_partition_again_replaces_its_rows(store):
