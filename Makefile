@@ -4,7 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+# One Dagster instance for `make demo`, `make ui` and the `astrid` command:
+# dagster.yaml here, runs, event logs and AstrID's own store under ASTRID_HOME.
+# The `astrid` command fills in the same defaults itself; `dagster dev` reads them
+# from here.
+export DAGSTER_HOME := $(CURDIR)
+export ASTRID_HOME ?= $(CURDIR)/astrid_home
+export ASTRID_DAGSTER_STORAGE ?= $(ASTRID_HOME)/dagster
+export ASTRID_DAGSTER_LOGS ?= $(ASTRID_HOME)/dagster/logs
+export ASTRID_MAX_RUNS ?= 2
+
+.PHONY: demo ui test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/astrid demo
+
+# The Dagster UI (and a daemon) over what `make demo` and `astrid backfill` made.
+ui: $(STAMP)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: $(STAMP)
 	$(BIN)/ruff check astrid_assets astrid_assets_tests benchmarks

@@ -80,53 +80,102 @@ def _hdu(value: str | None) -> int | str | None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--size", default=1024, show_default=True, help="Image side, px.")
-@click.option("--reference-epochs", default=5, show_default=True)
-@click.option("--seed", type=int, default=None, help="Survey seed (default: the embedded one).")
-@click.option("--fakes", default=25, show_default=True, help="Point sources to inject.")
-def demo(out: Path, size: int, reference_epochs: int, seed: int | None, fakes: int) -> None:
-    """Run one simulated night of the embedded survey and show its candidates."""
-    import numpy as np
+@click.argument("query")
+@click.option("--max-rows", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (every row) instead of a table.")
+def sql(query: str, max_rows: int, as_csv: bool) -> None:
+    """Run a DuckDB QUERY over every materialized partition.
 
-    from astrid_assets.commands.demo import run_demo
+    Views: exposures, frames, candidates (cutouts in candidates_cutouts),
+    injections. For example:
 
-    steps = reference_epochs + 1
-    with click.progressbar(length=steps, label="simulated survey", show_pos=True) as bar:
+    astrid sql "SELECT night, field, count(*) FROM candidates GROUP BY ALL"
+    """
+    from astrid_assets.commands.sql import query_catalog, render
+    from astrid_assets.settings import configure_environment
 
-        def progress(message: str) -> None:
-            bar.label = message
-            if not message.startswith("done"):
-                bar.update(1)
+    catalog = configure_environment().catalog
+    click.echo(render(query_catalog(catalog, query), max_rows=max_rows, as_csv=as_csv))
 
-        result, table = run_demo(
-            out,
-            size=size,
-            n_reference=reference_epochs,
-            seed=seed,
-            n_fakes=fakes,
-            progress=progress,
-        )
-    summary = result.products
-    truth = result.truth
-    quality = result.processed.quality
-    limit = quality.limiting_mag
-    # What a difference image can show is the change of flux, not the flux.
-    visible = np.abs(np.asarray(truth["delta_flux"])) > quality.limiting_flux
-    fakes_found = 0 if result.injection is None else int(result.injection.table["recovered"].sum())
-    n_fakes = 0 if result.injection is None else len(result.injection.table)
-    click.echo(
-        f"\n{len(table)} candidates above {summary.candidates.meta.get('threshold', 5.0)} sigma "
-        f"(5-sigma limit {limit:.2f} mag): {fakes_found} of {n_fakes} injected fakes, "
-        f"{int(np.sum(truth['matched']))} of the simulator's {len(truth)} transients in the "
-        f"frame ({int(visible.sum())} changed by more than the limit), "
-        f"{result.false_candidates} matching nothing"
-    )
-    cols = ["id", "x", "y", "ra", "dec", "sign", "score_peak", "snr", "mag", "truth"]
-    show = table[cols]
-    for col in ("x", "y", "score_peak", "snr", "mag"):
-        show[col].info.format = ".2f"
-    for col in ("ra", "dec"):
-        show[col].info.format = ".5f"
-    click.echo("\n".join(show.pformat(max_lines=40, max_width=-1)))
-    click.echo(f"\nFiles in {out}: the difference FITS, candidates CSV and a PNG of D.")
+
+@main.command()
+@click.option("--start", required=True, help="First night, YYYY-MM-DD.")
+@click.option("--end", required=True, help="Last night, YYYY-MM-DD (included).")
+@click.option("--fields", default=None, help="Comma-separated fields, e.g. F01,F02 (default: all).")
+@click.option("--rebuild-references", is_flag=True, help="Rebuild the fields' references as well.")
+@click.option(
+    "--no-wait", is_flag=True, help="Submit and return; a running daemon (make ui) executes it."
+)
+def backfill(
+    start: str, end: str, fields: str | None, rebuild_references: bool, no_wait: bool
+) -> None:
+    """Process every night from START to END over the fields, as a Dagster backfill.
+
+    Nights are added as partitions and the references of fields that have
+    none are built first. Waits, with a progress bar, until the backfill
+    has finished (starting a dagster-daemon when none is running); Ctrl-C
+    stops waiting and leaves the backfill for the UI to resume.
+    """
+    from dagster import DagsterInstance
+
+    from astrid_assets.commands.backfill import follow_backfill, parse_fields, submit
+    from astrid_assets.partitions import nights_between
+    from astrid_assets.resources import survey_source
+    from astrid_assets.settings import configure_environment
+
+    configure_environment()
+    try:
+        nights = nights_between(start, end)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--start' / '--end'") from err
+    try:
+        chosen = parse_fields(fields, survey_source().fields())
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--fields'") from err
+    with DagsterInstance.get() as instance:
+        backfill_id = submit(instance, nights, chosen, rebuild_references=rebuild_references)
+        if no_wait:
+            click.echo("not waiting: the daemon of make ui (or dagster-daemon run) executes it")
+            return
+        progress = follow_backfill(instance, backfill_id)
+    if not progress.succeeded:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--night", default=None, help="Night to process (default: the survey's first).")
+def demo(night: str | None) -> None:
+    """Process one night of the simulated survey through the asset graph and show it.
+
+    Submits a Dagster backfill over the night x every field (with the
+    fields' references when they have none), runs it with a dagster-daemon,
+    then prints each field's seeing, depth and candidates, the night's
+    completeness and its best candidates, read back from DuckDB. Running it
+    again re-materializes the night: the tables are replaced, not appended to.
+    """
+    from dagster import DagsterInstance
+
+    from astrid_assets.commands.backfill import follow_backfill, submit
+    from astrid_assets.commands.demo import night_summary
+    from astrid_assets.partitions import validate_night
+    from astrid_assets.resources import survey_source
+    from astrid_assets.settings import configure_environment
+
+    configure_environment()
+    survey = survey_source()
+    try:
+        night = validate_night(night or survey.first_night())
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--night'") from err
+    with DagsterInstance.get() as instance:
+        backfill_id = submit(instance, [night], None, title=f"demo {night}")
+        progress = follow_backfill(instance, backfill_id, label=f"night {night}")
+        if progress.materialized:
+            import duckdb
+
+            try:
+                click.echo(night_summary(instance, night).describe(backfill_id))
+            except duckdb.Error as err:  # a table the failed steps did not write
+                click.echo(f"no summary of night {night}: {err}", err=True)
+    if not progress.succeeded:
+        raise click.exceptions.Exit(1)

@@ -291,7 +291,8 @@ def extract_sources(
     y_iso = objects["y"].astype(np.float64)
     a = np.maximum(objects["a"].astype(np.float64), 1e-3)
     b = np.maximum(objects["b"].astype(np.float64), 1e-3)
-    theta = objects["theta"].astype(np.float64)
+    # sep's float32 theta can be float32(pi/2), just above the pi/2 that sum_ellipse accepts.
+    theta = np.clip(objects["theta"].astype(np.float64), -np.pi / 2, np.pi / 2)
     flag = objects["flag"].astype(np.int64)
 
     # AUTO photometry (SExtractor: 2.5 Kron radii, at least a circle of 1.75 px).
