@@ -43,6 +43,7 @@ __all__ = [
     "make_calibration_masters",
     "process_exposure",
     "refine_wcs",
+    "satellite_trails",
 ]
 
 
@@ -255,6 +256,35 @@ def process_exposure(
     )
 
 
+def satellite_trails(exposure: ProcessedExposure, threshold: float = 2.5) -> np.ndarray:
+    """Pixels of satellite and aircraft trails in a calibrated exposure.
+
+    A trail is spread over a few pixels at a few sigma each, under a
+    per-pixel rejection threshold, but in the image filtered with its own
+    PSF it is a long thin ridge, traced like trails in the score image.
+
+    Parameters
+    ----------
+    exposure : ProcessedExposure
+    threshold : float
+        Tracing threshold on the PSF-filtered S/N.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, True on the trails (grown by two pixels).
+    """
+    from astrid_assets.science.pipeline import streak_mask
+    from astrid_assets.science.subtraction import fftconvolve
+
+    psf = exposure.psf.stamp / exposure.psf.stamp.sum()
+    data = np.where(exposure.mask, 0.0, exposure.data).astype(np.float32)
+    filtered = fftconvolve(data, psf[::-1, ::-1], mode="same")
+    noise = exposure.background.global_rms * np.sqrt(np.sum(psf**2))
+    snr = (filtered / noise).astype(np.float32)
+    return streak_mask(snr, exposure.mask, float(exposure.psf.fwhm_mean), threshold)
+
+
 @dataclass
 class FieldReference:
     """A field's reference coadd, measured and ready to subtract from."""
@@ -293,19 +323,28 @@ def build_field_reference(
     aligned = []
     registration = []
     for exposure in usable:
+        # A trail in one epoch sits below the coadd's per-pixel rejection; the
+        # other epochs fill in where it is masked.
+        trails = satellite_trails(exposure)
         result = align_to_grid(
             exposure.data,
             exposure.wcs,
             wcs,
             shape,
             variance=exposure.variance,
-            mask=exposure.mask,
+            mask=exposure.mask | trails,
             sources_from=bright_star_xy(exposure.sources),
             sources_to=grid_stars_xy,
             config=AlignConfig(refine="auto" if grid_stars_xy is not None else False),
         )
         aligned.append(result)
-        registration.append({"method": result.method, "residual_rms": result.residual_rms})
+        registration.append(
+            {
+                "method": result.method,
+                "residual_rms": result.residual_rms,
+                "trail_fraction": float(trails.mean()),
+            }
+        )
     reference = build_reference(
         aligned,
         None,
