@@ -33,14 +33,6 @@ import time
 from pathlib import Path
 
 NIGHT, FIELD = "2026-01-05", "F01"
-STEPS = [
-    "raw_exposures",
-    "exposure_table",
-    "calibrated_exposures",
-    "frame_table",
-    "difference_images",
-    "candidates",
-]
 
 
 def best_of(repeat: int, fn) -> float:
@@ -67,6 +59,7 @@ def main() -> None:
     import dagster as dg
 
     from astrid_assets.definitions import defs
+    from astrid_assets.defs.automation import NIGHT_FIELD_ASSETS as STEPS
     from astrid_assets.defs.calibration import calibrate
     from astrid_assets.partitions import night_field_key
     from astrid_assets.science.pipeline import DiffConfig, find_candidates, subtract_pair

@@ -4,18 +4,12 @@ import dagster as dg
 import pytest
 
 from astrid_assets.definitions import defs
+from astrid_assets.defs.automation import NIGHT_FIELD_ASSETS
 from astrid_assets.partitions import night_field_key
 from astrid_assets.storage.catalog import Catalog
 from astrid_assets_tests.test_defs.conftest import NIGHT, graph_resources
 
-CHAIN = [
-    "raw_exposures",
-    "exposure_table",
-    "calibrated_exposures",
-    "frame_table",
-    "difference_images",
-    "candidates",
-]
+CHAIN = list(NIGHT_FIELD_ASSETS)
 
 
 def _chain(root, instance, field, *, landing=None, run_config=None, raise_on_error=True):
