@@ -40,6 +40,7 @@ from astrid_assets.science.simulate import (
 __all__ = [
     "InjectionRun",
     "NightResult",
+    "catalog_stars_on_grid",
     "classify_candidates",
     "grid_stars",
     "inject_fakes",
@@ -79,16 +80,26 @@ def process_simulated(
     return exposure, processed
 
 
-def grid_stars(config: SurveyConfig, field: str, n_max: int = 80) -> np.ndarray:
-    """Bright catalogue stars on the field's grid, brightest first, (N, 2)."""
-    catalog = reference_catalog(config, field)
-    wcs = field_wcs(config, field)
+def catalog_stars_on_grid(
+    catalog: Table, wcs: WCS, shape: tuple[int, int], n_max: int = 80
+) -> np.ndarray:
+    """Catalogue stars projected onto a grid, brightest first, (N, 2).
+
+    Stars within 10 px of an edge are left out; ``n_max`` at most.
+    """
     x, y = wcs.world_to_pixel_values(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]))
-    ny, nx = config.shape
+    ny, nx = shape
     inside = (x > 10) & (x < nx - 10) & (y > 10) & (y < ny - 10)
     mags = np.asarray(catalog["mag"])
     order = np.argsort(mags[inside])
     return np.column_stack([x[inside], y[inside]])[order][:n_max]
+
+
+def grid_stars(config: SurveyConfig, field: str, n_max: int = 80) -> np.ndarray:
+    """Bright catalogue stars on the field's grid, brightest first, (N, 2)."""
+    return catalog_stars_on_grid(
+        reference_catalog(config, field), field_wcs(config, field), config.shape, n_max
+    )
 
 
 def simulated_reference(

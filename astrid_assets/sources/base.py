@@ -153,11 +153,10 @@ class SurveySource(ConfigurableResource):
 
     def grid_stars(self, field: str) -> np.ndarray | None:
         """(N, 2) bright catalogue stars on the field's grid, brightest first."""
-        wcs, (ny, nx) = self.grid(field)
+        from astrid_assets.science.survey import catalog_stars_on_grid
+
         catalog = self.catalog(field)
         if len(catalog) == 0:
             return None
-        x, y = wcs.world_to_pixel_values(np.asarray(catalog["ra"]), np.asarray(catalog["dec"]))
-        inside = (x > 10) & (x < nx - 10) & (y > 10) & (y < ny - 10)
-        order = np.argsort(np.asarray(catalog["mag"])[inside])
-        return np.column_stack([x[inside], y[inside]])[order][:80]
+        wcs, shape = self.grid(field)
+        return catalog_stars_on_grid(catalog, wcs, shape)

@@ -13,7 +13,6 @@ import datetime as dt
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
 from pydantic import Field
@@ -122,9 +121,3 @@ class SimulatedSurvey(SurveySource):
 
     def pixel_scale(self) -> float | None:
         return float(self.survey_config.pixel_scale)
-
-    def grid_stars(self, field: str) -> np.ndarray | None:
-        from astrid_assets.science.survey import grid_stars
-
-        self._check_field(field)
-        return grid_stars(self.survey_config, field)
