@@ -14,7 +14,20 @@ export ASTRID_DAGSTER_STORAGE ?= $(ASTRID_HOME)/dagster
 export ASTRID_DAGSTER_LOGS ?= $(ASTRID_HOME)/dagster/logs
 export ASTRID_MAX_RUNS ?= 2
 
-.PHONY: demo ui test lint bench clean
+.PHONY: demo ui test lint bench clean postgresql
+
+# Production mode keeps Dagster's instance file in deploy/dagster (PostgreSQL).
+ifeq ($(ASTRID_ENV),prod)
+export DAGSTER_HOME := $(CURDIR)/deploy/dagster
+export ASTRID_S3_PREFIX ?= astrid
+export ASTRID_S3_REGION ?= auto
+export ASTRID_PG_PORT ?= 5432
+export ASTRID_PG_DB ?= astrid
+export ASTRID_DAGSTER_LOG_PREFIX ?= $(ASTRID_S3_PREFIX)/dagster-logs
+export AWS_REQUEST_CHECKSUM_CALCULATION ?= when_required
+export AWS_RESPONSE_CHECKSUM_VALIDATION ?= when_required
+endif
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +42,14 @@ demo: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-test: $(STAMP)
+# The production-mode tests start a real PostgreSQL server of their own;
+# Debian's package provides it where it is missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
+
+test: $(STAMP) postgresql
 	$(BIN)/ruff check astrid_assets astrid_assets_tests benchmarks
 	$(BIN)/ruff format --check astrid_assets astrid_assets_tests benchmarks
 	$(BIN)/pytest

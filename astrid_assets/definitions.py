@@ -1,11 +1,17 @@
 """The one Dagster ``Definitions`` of AstrID: assets, checks, schedule, sensor, resources.
 
-Load it with ``dagster dev -w workspace.yaml`` (or ``make ui``).
+Load it with ``dagster dev -w workspace.yaml`` (or ``make ui``). The
+resources follow ``ASTRID_ENV`` (:mod:`astrid_assets.resources`); the
+executor follows ``ASTRID_EXECUTOR``: ``multiprocess`` (default), steps as
+processes of the run, or ``k8s``, each step a Kubernetes job (dagster-k8s),
+as the Helm values in ``deploy/helm`` set it.
 """
 
 from __future__ import annotations
 
-from dagster import Definitions, multiprocess_executor
+import os
+
+from dagster import Definitions, ExecutorDefinition, multiprocess_executor
 
 from astrid_assets.defs.automation import landing_sensor, nightly_schedule
 from astrid_assets.defs.calibration import calibrated_exposures, calibration_masters
@@ -16,7 +22,27 @@ from astrid_assets.defs.reference import reference_images
 from astrid_assets.resources import default_resources
 from astrid_assets.settings import settings
 
-__all__ = ["defs"]
+__all__ = ["defs", "executor"]
+
+EXECUTORS = ("multiprocess", "k8s")
+
+
+def executor() -> ExecutorDefinition:
+    """The executor ``ASTRID_EXECUTOR`` names."""
+    name = (os.environ.get("ASTRID_EXECUTOR") or "multiprocess").strip().lower()
+    if name not in EXECUTORS:
+        raise ValueError(f"ASTRID_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured({"max_concurrent": settings().max_processes})
+    return multiprocess_executor.configured(
+        {
+            "max_concurrent": settings().max_processes,
+            "start_method": {"forkserver": {"preload_modules": ["astrid_assets.definitions"]}},
+        }
+    )
+
 
 defs = Definitions(
     assets=[
@@ -31,10 +57,5 @@ defs = Definitions(
     schedules=[nightly_schedule],
     sensors=[landing_sensor],
     resources=default_resources(),
-    executor=multiprocess_executor.configured(
-        {
-            "max_concurrent": settings().max_processes,
-            "start_method": {"forkserver": {"preload_modules": ["astrid_assets.definitions"]}},
-        }
-    ),
+    executor=executor(),
 )

@@ -19,7 +19,10 @@ UNSQUEEZED_WIDTH = 30_000  # polars takes at most 65535
 
 
 def open_catalog(path: Path) -> Catalog:
-    """The catalog at ``path``, read-only, or a ClickException saying there is none yet."""
+    """The catalog at ``path``, read-only, or a ClickException saying there is none yet.
+
+    In prod mode it reads the tables from the object store."""
+    from astrid_assets.resources import catalog as environment_catalog
     from astrid_assets.storage.catalog import Catalog
 
     if not path.exists():
@@ -27,7 +30,11 @@ def open_catalog(path: Path) -> Catalog:
             f"no catalog yet at {path}: materialize some partitions first, e.g. make demo"
         )
     # Catalog.query opens the file read-only, under a shared lock.
-    return Catalog(path)
+    try:
+        filesystem = environment_catalog().filesystem
+    except ValueError as err:  # a prod setting is missing
+        raise click.ClickException(str(err)) from err
+    return Catalog(path, filesystem=filesystem)
 
 
 def query_catalog(path: Path, sql: str) -> pl.DataFrame:

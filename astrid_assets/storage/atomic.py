@@ -2,7 +2,8 @@
 
 On a local disk the bytes go to a hidden temporary sibling that is synced
 and renamed over the final name (``os.replace`` is atomic within a
-directory). An object store's single PUT is atomic by itself. The
+directory). An object store shows an object only once its upload is
+complete (a PUT, or the completion of a multipart upload). The
 temporary's name, ``.{name}.tmp-{hex}``, ends in neither ``.fits`` nor
 ``.parquet``, so globs over a store never see one.
 """
@@ -59,7 +60,7 @@ def atomic_write_bytes(path: UPath | Path, data: bytes) -> None:
     """
     target = local_path(path)
     if target is None:
-        path.write_bytes(data)  # one PUT: the object appears whole or not at all
+        path.write_bytes(data)  # the object appears whole or not at all
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)

@@ -14,6 +14,12 @@ and DuckDB's own lock error, raised when a process outside this discipline
 (a DuckDB shell, say) holds the file, is retried until ``timeout``.
 Views live in the default schema ``main``; no schema is named like the
 file's stem, which DuckDB uses as the catalog name.
+
+Tables in an object store (``s3://...``) are read through an fsspec
+filesystem registered on every connection (``filesystem``), so the
+catalog needs no DuckDB extension and no keys in the file: the views name
+only URLs. A DuckDB shell opening the file needs its own access to the
+bucket (``httpfs`` and a secret) to query them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -73,12 +80,21 @@ class Catalog:
         created with its folder when first written.
     timeout : float
         Seconds to wait for the file lock and for DuckDB's own lock.
+    filesystem : fsspec.AbstractFileSystem, optional
+        Registered on every connection, for views over an object store.
     """
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_CATALOG_NAME, *, timeout: float = 120.0):
+    def __init__(
+        self,
+        path: str | os.PathLike = DEFAULT_CATALOG_NAME,
+        *,
+        timeout: float = 120.0,
+        filesystem: Any = None,
+    ):
         self.path = Path(path).expanduser().absolute()
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.timeout = float(timeout)
+        self.filesystem = filesystem
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r})"
@@ -132,6 +148,8 @@ class Catalog:
                     _pause(attempt)
                     attempt += 1
             try:
+                if self.filesystem is not None:
+                    connection.register_filesystem(self.filesystem)
                 yield connection
             finally:
                 connection.close()

@@ -1,8 +1,8 @@
 """Dagster IO managers for images (FITS) and tables (Parquet).
 
 Both keep one file per partition under a root that is a local directory or
-an object store URL (``s3://bucket/prefix``; fsspec options go in
-``storage_options``)::
+an object store URL (``s3://bucket/prefix``; the store's endpoint and keys
+go in ``s3``, other fsspec options in ``storage_options``)::
 
     {root}/{asset key path}/{night}/{field}.{ext}     night x field partitions
     {root}/{asset key path}/{key}.{ext}               one partition dimension
@@ -13,7 +13,9 @@ night's products sit in one folder. Files are written atomically
 (:mod:`astrid_assets.storage.atomic`); a re-materialized partition replaces
 its file. Loading many partitions (a night's fields, say) gives a dict
 keyed by partition, Dagster's usual way, and honours the
-``allow_missing_partitions`` input metadata.
+``allow_missing_partitions`` input metadata. On an object store, a failed
+read or write is a :class:`~astrid_assets.storage.object_store.StorageError`
+naming the object and the endpoint.
 
 After a table is written, an output whose definition metadata names a
 ``table`` (``AssetOut(metadata={"table": "candidates"})``) gets a DuckDB
@@ -44,6 +46,7 @@ from upath import UPath
 from astrid_assets.storage import fits_codec
 from astrid_assets.storage.atomic import atomic_write_bytes
 from astrid_assets.storage.catalog import Catalog
+from astrid_assets.storage.object_store import S3Options, StorageError, is_remote, storage_error
 
 __all__ = [
     "NIGHT_DIMENSION",
@@ -59,6 +62,38 @@ NIGHT_DIMENSION = "night"
 
 class _PartitionLayout(UPathIOManager):
     """``{asset}/{night}/{field}``: partition folders with the night first."""
+
+    where: str | None = None  # the object store's endpoint, for error messages
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        try:
+            super().handle_output(context, obj)
+        except Exception as err:
+            raise self._translated("write", context, err) from err
+
+    def load_input(self, context: InputContext) -> Any:
+        try:
+            return super().load_input(context)
+        except Exception as err:
+            raise self._translated("read", context, err) from err
+
+    def _translated(
+        self, action: str, context: InputContext | OutputContext, err: Exception
+    ) -> Exception:
+        if self.where is None or isinstance(err, StorageError | TypeError | ValueError):
+            return err
+        if isinstance(err, FileNotFoundError) and action == "read":
+            return err  # a missing partition keeps Dagster's own message
+        path = self._base_path.joinpath(*context.asset_key.path)
+        try:
+            if context.has_asset_partitions:
+                paths = list(self._get_paths_for_partitions(context).values())
+                path = paths[0] if len(paths) == 1 else path
+            else:
+                path = self._get_path(context)
+        except Exception:
+            pass  # the asset's folder names the object well enough
+        return storage_error(action, path, self.where, err)
 
     def get_path_for_partition(
         self, context: InputContext | OutputContext, path: UPath, partition: str
@@ -85,9 +120,12 @@ class FitsStore(_PartitionLayout):
 
     extension = ".fits"
 
-    def __init__(self, base_path: UPath, *, quantize_level: float = 16.0) -> None:
+    def __init__(
+        self, base_path: UPath, *, quantize_level: float = 16.0, where: str | None = None
+    ) -> None:
         super().__init__(base_path=base_path)
         self.quantize_level = quantize_level
+        self.where = where
 
     def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
         data = fits_codec.to_bytes(obj, self.quantize_level)
@@ -137,9 +175,12 @@ class ParquetStore(_PartitionLayout):
 
     extension = ".parquet"
 
-    def __init__(self, base_path: UPath, *, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self, base_path: UPath, *, catalog: Catalog | None = None, where: str | None = None
+    ) -> None:
         super().__init__(base_path=base_path)
         self.catalog = catalog
+        self.where = where
 
     def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
         buffer = io.BytesIO()
@@ -162,36 +203,47 @@ class ParquetStore(_PartitionLayout):
         return f"{asset}{self.extension}"
 
 
-class FitsIOManager(ConfigurableIOManagerFactory):
+class _StoreFactory(ConfigurableIOManagerFactory):
+    root: str = Field(description="Local directory or object store URL (s3://bucket/prefix).")
+    s3: S3Options = Field(
+        default_factory=S3Options, description="Endpoint and keys of an s3:// root."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Further fsspec options of a remote root."
+    )
+
+    def _base_path(self) -> UPath:
+        if not is_remote(self.root):
+            return UPath(self.root, **self.storage_options)
+        return UPath(self.root, **{**self.s3.fsspec_options(), **self.storage_options})
+
+    def _where(self) -> str | None:
+        return self.s3.where() if is_remote(self.root) else None
+
+
+class FitsIOManager(_StoreFactory):
     """Image products as compressed FITS files under ``root``."""
 
-    root: str = Field(description="Local directory or object store URL (s3://bucket/prefix).")
     quantize_level: float = Field(
         default=16.0,
         ge=0,
         description="Noisy images are quantized to their noise / quantize_level; 0: lossless.",
     )
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options of a remote root (endpoint, keys)."
-    )
 
     def create_io_manager(self, context: InitResourceContext) -> FitsStore:
-        return FitsStore(
-            UPath(self.root, **self.storage_options), quantize_level=self.quantize_level
-        )
+        return FitsStore(self._base_path(), quantize_level=self.quantize_level, where=self._where())
 
 
-class ParquetIOManager(ConfigurableIOManagerFactory):
+class ParquetIOManager(_StoreFactory):
     """Tables as Parquet files under ``root``, with views in a DuckDB catalog."""
 
-    root: str = Field(description="Local directory or object store URL (s3://bucket/prefix).")
     catalog_path: str | None = Field(
         default=None, description="DuckDB catalog file; None: no views are kept."
     )
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options of a remote root (endpoint, keys)."
-    )
 
     def create_io_manager(self, context: InitResourceContext) -> ParquetStore:
-        catalog = Catalog(self.catalog_path) if self.catalog_path else None
-        return ParquetStore(UPath(self.root, **self.storage_options), catalog=catalog)
+        catalog = None
+        if self.catalog_path:
+            filesystem = self.s3.filesystem() if is_remote(self.root) else None
+            catalog = Catalog(self.catalog_path, filesystem=filesystem)
+        return ParquetStore(self._base_path(), catalog=catalog, where=self._where())
