@@ -153,6 +153,14 @@ def test_duckdb_counts_candidates_over_the_bucket(graph_run, s3_server):
     assert f"s3://{s3_server.bucket}/survey/tables/candidates/" in view
     injected = catalog().query("SELECT count(*) AS n FROM injections")["n"][0]
     assert injected > 0
+    # `astrid sql` reads the same views over the bucket.
+    from click.testing import CliRunner
+
+    from astrid_assets.cli import main
+
+    shown = CliRunner().invoke(main, ["sql", "--csv", "SELECT count(*) AS n FROM candidates"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.split() == ["n", str(counted)]
 
 
 def test_dagster_runs_are_recorded_in_postgres(graph_run, postgres_server):
@@ -230,18 +238,17 @@ def test_wrong_keys_fail_with_a_clear_error(prod, s3_server):
     assert not fs.exists(f"{s3_server.bucket}/survey/images/raw_exposures/{NIGHT}/F03.fits")
 
 
-def test_store_down_in_the_middle_of_a_run(prod, s3_server):
-    """The store stops once the run's first object is written: the next step fails
-    naming the endpoint, no partial object is visible, and a re-run completes."""
-    assert _materialize(prod, ["reference_images"], "F01").success
+def _run_and_crash_store(prod, s3_server, field, *, down_for: float | None):
+    """Materialize the night x field chain; SIGKILL the store as soon as the raw
+    exposure is in the bucket, and bring it back after ``down_for`` seconds (None:
+    once the run has ended)."""
     fs = s3_server.filesystem()
-    root = f"{s3_server.bucket}/survey"
-    first = f"{root}/images/raw_exposures/{NIGHT}/F01.fits"
+    first = f"{s3_server.bucket}/survey/images/raw_exposures/{NIGHT}/{field}.fits"
     outcome = {}
 
     def run():
         outcome["result"] = _materialize(
-            prod, list(NIGHT_FIELD_ASSETS), night_field_key(NIGHT, "F01"), raise_on_error=False
+            prod, list(NIGHT_FIELD_ASSETS), night_field_key(NIGHT, field), raise_on_error=False
         )
 
     worker = threading.Thread(target=run)
@@ -253,9 +260,32 @@ def test_store_down_in_the_middle_of_a_run(prod, s3_server):
         time.sleep(0.05)
         fs.invalidate_cache()
     s3_server.stop(crash=True)
+    if down_for is not None:
+        time.sleep(down_for)
+        s3_server.start()
     worker.join(timeout=600)
-    s3_server.start()
-    result = outcome["result"]
+    if down_for is None:
+        s3_server.start()
+    fs.invalidate_cache()
+    return outcome["result"], fs
+
+
+def test_store_back_within_the_retries_lets_the_run_finish(prod, s3_server):
+    """Requests are retried with backoff for about 45 s: a store that comes back
+    within that costs a delay, not a failure."""
+    assert _materialize(prod, ["reference_images"], "F04").success
+    result, fs = _run_and_crash_store(prod, s3_server, "F04", down_for=3.0)
+    assert result.success
+    assert fs.exists(f"{s3_server.bucket}/survey/images/difference_images/{NIGHT}/F04.fits")
+
+
+def test_store_down_in_the_middle_of_a_run(prod, s3_server):
+    """The store dies once the run's first object is written: the step fails naming
+    the endpoint, no partial object is visible, and a re-run completes."""
+    assert _materialize(prod, ["reference_images"], "F01").success
+    root = f"{s3_server.bucket}/survey"
+    first = f"{root}/images/raw_exposures/{NIGHT}/F01.fits"
+    result, fs = _run_and_crash_store(prod, s3_server, "F01", down_for=None)
     assert not result.success
     errors = _step_errors(result)
     assert "could not be reached" in errors and s3_server.endpoint_url in errors
