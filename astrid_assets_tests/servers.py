@@ -153,7 +153,18 @@ def _end_process(
 
 
 class _Server:
-    """Context-manager plumbing shared by the servers: ``start()`` on entry, ``close()`` on exit."""
+    """Plumbing shared by the servers: ``start()`` on entry, ``close()`` on exit, and
+    the process id of the running server."""
+
+    what = "the server"
+    _process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        """Process id of the server (for MLflow, the leader of its process group)."""
+        if self._process is None:
+            raise RuntimeError(f"{self.what} is not running")
+        return self._process.pid
 
     def __enter__(self) -> Self:
         self.start()
@@ -219,6 +230,8 @@ class PostgresServer(_Server):
         Seconds to wait for the server to accept connections.
     """
 
+    what = "the PostgreSQL server"
+
     def __init__(self, user: str = "astrid", *, startup_timeout: float = 60.0) -> None:
         self.user = user
         self.password = secrets.token_urlsafe(24)
@@ -228,13 +241,6 @@ class PostgresServer(_Server):
         self.bin_dir = postgres_bin_dir()
         self.directory: Path | None = None
         self._process: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        """Process id of the postmaster."""
-        if self._process is None:
-            raise RuntimeError("the PostgreSQL server is not running")
-        return self._process.pid
 
     @property
     def log_path(self) -> Path:
@@ -421,6 +427,8 @@ class S3Server(_Server):
         Seconds to wait for the S3 port to answer with the bucket in place.
     """
 
+    what = "the S3 server"
+
     def __init__(self, bucket: str = "astrid", *, startup_timeout: float = 60.0) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
             raise ValueError(
@@ -451,13 +459,6 @@ class S3Server(_Server):
     @property
     def endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports['s3']}"
-
-    @property
-    def pid(self) -> int:
-        """Process id of ``weed mini``."""
-        if self._process is None:
-            raise RuntimeError("the S3 server is not running")
-        return self._process.pid
 
     @property
     def log_path(self) -> Path:
@@ -625,6 +626,8 @@ class MlflowServer(_Server):
         Seconds to wait for ``GET /health`` to answer.
     """
 
+    what = "the MLflow server"
+
     def __init__(
         self,
         postgres: PostgresServer,
@@ -646,13 +649,6 @@ class MlflowServer(_Server):
     @property
     def tracking_uri(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """Process id of the ``mlflow server`` command, leader of its process group."""
-        if self._process is None:
-            raise RuntimeError("the MLflow server is not running")
-        return self._process.pid
 
     @property
     def log_path(self) -> Path:

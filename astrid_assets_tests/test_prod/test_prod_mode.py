@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import psycopg2
 import pytest
 
 from astrid_assets.definitions import defs
@@ -85,16 +84,6 @@ def _materialize(instance, selection, partition_key, *, raise_on_error=True):
     )
 
 
-def _pg(postgres_server, database=DAGSTER_DB):
-    return psycopg2.connect(
-        host=postgres_server.host,
-        port=postgres_server.port,
-        user=postgres_server.user,
-        password=postgres_server.password,
-        dbname=database,
-    )
-
-
 def _rows(result, asset):
     (event,) = [
         e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
@@ -164,7 +153,7 @@ def test_duckdb_counts_candidates_over_the_bucket(graph_run, s3_server):
 
 
 def test_dagster_runs_are_recorded_in_postgres(graph_run, postgres_server):
-    with _pg(postgres_server) as connection, connection.cursor() as cursor:
+    with postgres_server.connect(DAGSTER_DB) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT run_id, status FROM runs")
         status = dict(cursor.fetchall())
         cursor.execute(
@@ -190,7 +179,7 @@ def test_labels_are_stored_in_postgres(prod, postgres_server):
 
     with dg.build_resources({"labels": label_store()}) as built:
         exercise(built.labels)
-    with _pg(postgres_server) as connection, connection.cursor() as cursor:
+    with postgres_server.connect(DAGSTER_DB) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT vetter, label FROM labels ORDER BY id")
         assert cursor.fetchall()[0] == ("ada", "real")
 
@@ -309,7 +298,7 @@ def test_store_down_in_the_middle_of_a_run(prod, s3_server):
 
 def test_secrets_never_reach_the_event_log_or_metadata(graph_run, prod, postgres_server, s3_server):
     secrets = [s3_server.secret_key, s3_server.access_key, postgres_server.password]
-    with _pg(postgres_server) as connection, connection.cursor() as cursor:
+    with postgres_server.connect(DAGSTER_DB) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT event FROM event_logs")
         events = "\n".join(row[0] for row in cursor.fetchall())
         cursor.execute("SELECT run_body FROM runs")
