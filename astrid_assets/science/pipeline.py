@@ -403,11 +403,22 @@ def _cosmic_ray_hits(
 
     L.A.Cosmic runs on a small stamp around each position (with the sky put
     back, as its noise model needs), which costs milliseconds per candidate
-    instead of seconds per frame.
+    instead of seconds per frame. astroscrappy's OpenMP threads cost far
+    more than they save on stamps this small (10-100x slower on a busy
+    2-core machine), so the loop runs on one thread.
     """
     hits = np.zeros(len(x), dtype=bool)
     if image.gain is None or len(x) == 0:
         return hits
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="openmp"):
+        return _cosmic_ray_loop(image, x, y, radius, half, hits)
+
+
+def _cosmic_ray_loop(
+    image: PreparedImage, x: np.ndarray, y: np.ndarray, radius: float, half: int, hits: np.ndarray
+) -> np.ndarray:
     # Anything sharper than most of this image's PSF is not a star here.
     narrowest = 0.6 * image.fwhm if np.isfinite(image.fwhm) else 1.2
     config = CosmicRayConfig(min_star_fwhm=max(1.2, narrowest))
