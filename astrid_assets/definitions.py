@@ -17,6 +17,14 @@ from astrid_assets.defs.automation import landing_sensor, nightly_schedule
 from astrid_assets.defs.calibration import calibrated_exposures, calibration_masters
 from astrid_assets.defs.difference import candidates, difference_images
 from astrid_assets.defs.ingest import raw_exposures
+from astrid_assets.defs.ml import (
+    anomaly_models,
+    candidate_scores,
+    ensemble_model,
+    realbogus_model,
+    training_set,
+    unet_model,
+)
 from astrid_assets.defs.quality import completeness_report
 from astrid_assets.defs.reference import reference_images
 from astrid_assets.resources import default_resources
@@ -53,6 +61,12 @@ defs = Definitions(
         difference_images,
         candidates,
         completeness_report,
+        training_set,
+        realbogus_model,
+        unet_model,
+        anomaly_models,
+        ensemble_model,
+        candidate_scores,
     ],
     schedules=[nightly_schedule],
     sensors=[landing_sensor],

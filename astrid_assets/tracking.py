@@ -10,6 +10,7 @@ Dagster step re-imports the code location, and mlflow is slow to import.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,11 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 __all__ = ["MlflowTracking"]
+
+
+def _quiet() -> None:
+    """No usage telemetry from MLflow: a survey's machines call no one home."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class MlflowTracking(ConfigurableResource):
@@ -34,6 +40,7 @@ class MlflowTracking(ConfigurableResource):
 
     def client(self) -> Any:
         """An ``mlflow.MlflowClient`` on the tracking store."""
+        _quiet()
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri)
@@ -56,7 +63,8 @@ class MlflowTracking(ConfigurableResource):
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(
-            experiment_id=self.experiment_id(), run_name=run_name, tags=tags
-        ) as run:
+        experiment_id = self.experiment_id()
+        # Logged models belong to the active experiment, not the run's: set both.
+        mlflow.set_experiment(experiment_id=experiment_id)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             yield run

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from dagster import MetadataValue
 
-__all__ = ["completeness_plot", "difference_preview", "png_markdown"]
+__all__ = ["completeness_plot", "difference_preview", "png_bytes_markdown", "png_markdown"]
 
 PREVIEW_PIXELS = 512
 
@@ -20,7 +20,12 @@ def png_markdown(fig, alt: str) -> MetadataValue:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_bytes_markdown(buffer.getvalue(), alt)
+
+
+def png_bytes_markdown(png: bytes, alt: str) -> MetadataValue:
+    """PNG bytes as a Markdown image the Dagster UI shows inline."""
+    encoded = base64.b64encode(png).decode("ascii")
     return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from astrid_assets.definitions import defs
 from astrid_assets.defs.automation import NIGHT_FIELD_ASSETS
+from astrid_assets.defs.ml import ML_ASSETS
 from astrid_assets.partitions import night_field_key
 from astrid_assets.storage.catalog import Catalog
 from astrid_assets_tests.test_defs.conftest import NIGHT, graph_resources
@@ -44,6 +45,8 @@ def test_definitions_load_with_every_asset_check_schedule_and_sensor():
         "calibration_masters",
         "reference_images",
         "completeness_report",
+        *ML_ASSETS,
+        "candidate_scores",
     }
     groups = {graph.get(dg.AssetKey(n)).group_name for n in CHAIN}
     assert groups == {"ingest", "calibration", "difference"}
