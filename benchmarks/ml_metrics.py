@@ -69,6 +69,7 @@ def main() -> None:
         validation_nights=nights[-2:-1],
         real_per_image=args.real_per_image,
         artefacts_per_kind=args.artefacts_per_kind,
+        patches_per_image=24,
         seed=args.seed,
         progress=say,
     )
@@ -76,7 +77,8 @@ def main() -> None:
     tracking = mlflow_tracking()
     train_config = TrainConfig(epochs=args.epochs, seed=args.seed)
     cnn = train_realbogus_run(training, train_config, tracking, progress=say)
-    unet = train_unet_run(training, patches, train_config, tracking, progress=say)
+    unet_config = TrainConfig(epochs=args.epochs, batch_size=16, learning_rate=2e-3, seed=args.seed)
+    unet = train_unet_run(training, patches, unet_config, tracking, progress=say)
     anomaly = fit_anomaly_run(training, tracking, seed=args.seed)
     ensemble = fit_ensemble_run(training, Models(cnn.model, unet.model, anomaly.model), tracking)
     table = ensemble.extra["table"]
@@ -95,8 +97,8 @@ def main() -> None:
     best = max((n for n in table if n != "ensemble"), key=lambda n: table[n]["pr_auc"])
     ok = table["ensemble"]["pr_auc"] >= table[best]["pr_auc"]
     print(
-        f"ensemble PR-AUC {table['ensemble']['pr_auc']:.4f} vs best member {best} "
-        f"{table[best]['pr_auc']:.4f}: {'PASS' if ok else 'FAIL'}"
+        f"ensemble PR-AUC {table['ensemble']['pr_auc']:.6f} vs best member {best} "
+        f"{table[best]['pr_auc']:.6f}: {'PASS' if ok else 'FAIL'}"
     )
 
     if args.ztf.is_dir():

@@ -191,7 +191,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["ensemble"]) as handle:
             self.ensemble = StackedEnsemble.from_dict(json.load(handle))
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints
         scores = {name: model_input[name].to_numpy() for name in self.ensemble.members}
         return self.ensemble.predict_proba(scores)
 

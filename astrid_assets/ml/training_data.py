@@ -73,7 +73,6 @@ from astrid_assets.science.processing import (
     ProcessedExposure,
     build_field_reference,
     make_calibration_masters,
-    process_exposure,
 )
 from astrid_assets.science.psf import moffat_psf
 from astrid_assets.science.simulate import (
@@ -82,12 +81,10 @@ from astrid_assets.science.simulate import (
     field_catalog,
     field_names,
     field_wcs,
-    reference_catalog,
     simulate_calibration_frames,
-    simulate_exposure,
 )
 from astrid_assets.science.subtraction import fftconvolve
-from astrid_assets.science.survey import grid_stars, truth_on_grid
+from astrid_assets.science.survey import grid_stars, process_simulated, truth_on_grid
 
 __all__ = [
     "CUTOUT_COLUMNS",
@@ -726,19 +723,7 @@ def _process(
     config: SurveyConfig, night: str, field_name: str, masters: CalibrationMasters
 ) -> tuple[SimulatedExposure, ProcessedExposure]:
     """:func:`~astrid_assets.science.survey.process_simulated` with the night's masters given."""
-    exposure = simulate_exposure(config, night, field_name)
-    header = exposure.header
-    processed = process_exposure(
-        exposure.data,
-        masters,
-        gain=float(header["GAIN"]),
-        read_noise=float(header["RDNOISE"]),
-        saturation=float(header["SATURATE"]),
-        wcs=WCS(header),
-        catalog=reference_catalog(config, field_name),
-        pixel_scale=config.pixel_scale,
-    )
-    return exposure, processed
+    return process_simulated(config, night, field_name, masters)
 
 
 class _Masters:

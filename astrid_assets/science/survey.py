@@ -22,6 +22,7 @@ from astrid_assets.science.injection import (
 )
 from astrid_assets.science.pipeline import DiffConfig, DiffProducts, difference_pair
 from astrid_assets.science.processing import (
+    CalibrationMasters,
     FieldReference,
     ProcessedExposure,
     build_field_reference,
@@ -60,11 +61,13 @@ def _noop(_: str) -> None:
 
 
 def process_simulated(
-    config: SurveyConfig, night: str, field: str
+    config: SurveyConfig, night: str, field: str, masters: CalibrationMasters | None = None
 ) -> tuple[SimulatedExposure, ProcessedExposure]:
-    """Simulate one exposure with its night's calibration frames and process it."""
-    frames = simulate_calibration_frames(config, night)
-    masters = make_calibration_masters(frames.biases, frames.flats)
+    """Simulate one exposure and process it with its night's calibration masters
+    (made from the night's simulated frames unless given)."""
+    if masters is None:
+        frames = simulate_calibration_frames(config, night)
+        masters = make_calibration_masters(frames.biases, frames.flats)
     exposure = simulate_exposure(config, night, field)
     header = exposure.header
     processed = process_exposure(
