@@ -5,6 +5,7 @@ import pytest
 
 from astrid_assets.sources import SimulatedSurvey
 from astrid_assets.storage.io_managers import FitsIOManager, ParquetIOManager
+from astrid_assets.tracking import MlflowTracking
 
 NIGHT = "2026-01-05"
 SIZE = 512
@@ -16,6 +17,10 @@ def graph_resources(root, landing=None) -> dict:
         "fits_io_manager": FitsIOManager(root=str(root / "images")),
         "parquet_io_manager": ParquetIOManager(
             root=str(root / "tables"), catalog_path=str(root / "astrid.duckdb")
+        ),
+        "mlflow": MlflowTracking(
+            tracking_uri=f"sqlite:///{root / 'mlflow.sqlite'}",
+            artifact_location=(root / "mlflow-artifacts").as_uri(),
         ),
     }
 
