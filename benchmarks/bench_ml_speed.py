@@ -10,18 +10,9 @@ weights: the speed does not depend on them.
 
 import argparse
 import os
-import time
 
 import numpy as np
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from bench_orchestration import best_of  # this folder is on sys.path when run as a script
 
 
 def main() -> None:
