@@ -64,9 +64,15 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from astrid_assets.science.cutouts import cutout_stamps, cutout_triplets
-from astrid_assets.science.detection import DetectionConfig, detect_candidates, psf_equivalent_fwhm
+from astrid_assets.science.detection import psf_equivalent_fwhm
 from astrid_assets.science.injection import difference_snr, inject_point_sources
-from astrid_assets.science.pipeline import DiffConfig, Subtraction, find_candidates, subtract_pair
+from astrid_assets.science.pipeline import (
+    DiffConfig,
+    Subtraction,
+    detect_unvetted,
+    find_candidates,
+    subtract_pair,
+)
 from astrid_assets.science.processing import (
     CalibrationMasters,
     FieldReference,
@@ -1306,21 +1312,7 @@ def _one_image(
     _draw_anomalies(rng, artefacts_per_kind, result, targets, diff_fwhm, injection)
     targets = _drop_reserved(targets)
 
-    ref_xy = (
-        np.column_stack([np.asarray(ref.sources["x"]), np.asarray(ref.sources["y"])])
-        if len(ref.sources)
-        else None
-    )
-    # The same call as find_candidates makes, before its vetting.
-    candidates = detect_candidates(
-        result,
-        config=DetectionConfig(threshold=diff_config.threshold, stamp_size=diff_config.stamp_size),
-        wcs=ref.wcs,
-        zero_point=science.zero_point,
-        science=subtraction.science,
-        reference=ref.data,
-        reference_sources_xy=ref_xy,
-    )
+    candidates = detect_unvetted(subtraction, science, ref, diff_config)
     # Vetting adds traced streaks to the result's mask: give it a copy.
     vetted_table, _, _ = find_candidates(
         Subtraction(replace(result), subtraction.science, subtraction.registration),

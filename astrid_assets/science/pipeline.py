@@ -660,6 +660,26 @@ def subtract_pair(
     return Subtraction(result=result, science=sci, registration=registration, timings=timings)
 
 
+def detect_unvetted(
+    subtraction: Subtraction, new: PreparedImage, ref: PreparedImage, config: DiffConfig
+) -> Table:
+    """Every detection of a subtraction, measured, before :func:`find_candidates` vets them."""
+    ref_xy = (
+        np.column_stack([np.asarray(ref.sources["x"]), np.asarray(ref.sources["y"])])
+        if len(ref.sources)
+        else None
+    )
+    return detect_candidates(
+        subtraction.result,
+        config=DetectionConfig(threshold=config.threshold, stamp_size=config.stamp_size),
+        wcs=ref.wcs,
+        zero_point=new.zero_point,
+        science=subtraction.science,
+        reference=ref.data,
+        reference_sources_xy=ref_xy,
+    )
+
+
 def find_candidates(
     subtraction: Subtraction,
     new: PreparedImage,
@@ -688,20 +708,7 @@ def find_candidates(
     result, sci = subtraction.result, subtraction.science
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ref_xy = (
-        np.column_stack([np.asarray(ref.sources["x"]), np.asarray(ref.sources["y"])])
-        if len(ref.sources)
-        else None
-    )
-    candidates = detect_candidates(
-        result,
-        config=DetectionConfig(threshold=config.threshold, stamp_size=config.stamp_size),
-        wcs=ref.wcs,
-        zero_point=new.zero_point,
-        science=sci,
-        reference=ref.data,
-        reference_sources_xy=ref_xy,
-    )
+    candidates = detect_unvetted(subtraction, new, ref, config)
     candidates = _vet(candidates, result, config)
     if config.cosmic_rays:
         candidates = _drop_cosmic_rays(
