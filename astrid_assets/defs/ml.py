@@ -22,15 +22,18 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
     multi_asset,
 )
 from pydantic import Field
 
 from astrid_assets.defs.previews import png_bytes_markdown
+from astrid_assets.labels import LabelStore
 from astrid_assets.partitions import night_and_field, night_field_partitions
 from astrid_assets.science.pipeline import Subtraction
 from astrid_assets.sources import SimulatedSurvey, SurveySource
+from astrid_assets.storage.io_managers import ParquetStore
 from astrid_assets.tracking import MlflowTracking
 
 __all__ = [
@@ -129,11 +132,18 @@ def _metadata(outcome, extra: dict | None = None) -> dict:
     },
     group_name="ml",
 )
-def training_set(context: AssetExecutionContext, config: TrainingSetConfig, survey: SurveySource):
-    """Simulate, inject, subtract, detect and label."""
+def training_set(
+    context: AssetExecutionContext,
+    config: TrainingSetConfig,
+    survey: SurveySource,
+    labels: LabelStore,
+    parquet_io_manager: ResourceParam[ParquetStore],
+):
+    """Simulate, inject, subtract, detect and label; then join the vetters' labels."""
     from dataclasses import replace
 
     from astrid_assets.ml.training_data import build_training_set
+    from astrid_assets.ml.vetting import join_vetted
 
     if not isinstance(survey, SimulatedSurvey):
         raise ValueError(
@@ -155,16 +165,29 @@ def training_set(context: AssetExecutionContext, config: TrainingSetConfig, surv
         seed=config.seed,
         progress=_progress(context),
     )
+    training, human = join_vetted(
+        training,
+        labels.latest(),
+        lambda night, field: parquet_io_manager.read_partition("candidates", night, field),
+        held_out_fields=config.test_fields,
+        held_out_nights=[*config.test_nights, *config.validation_nights],
+    )
+    context.log.info(
+        f"human labels: {human.joined_real} real and {human.joined_bogus} bogus joined the "
+        f"training split; {human.tied} tied, {human.held_out} of held-out fields or nights, "
+        f"{human.not_found} not found in their candidates table"
+    )
     balance = training.class_balance()
-    labels = training.meta["label"].to_numpy()
+    truth = training.meta["label"].to_numpy()
     yield Output(
         training.to_frame(),
         output_name="training_set",
         metadata={
             "rows": len(training),
-            "real": int((labels == 1).sum()),
-            "bogus": int((labels == 0).sum()),
+            "real": int((truth == 1).sum()),
+            "bogus": int((truth == 0).sum()),
             "class_balance": MetadataValue.json(balance),
+            "human_labels": MetadataValue.json(human.as_dict()),
             "seconds": round(time.perf_counter() - started, 1),
         },
     )

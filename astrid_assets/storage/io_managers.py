@@ -195,6 +195,23 @@ class ParquetStore(_PartitionLayout):
     def load_from_path(self, context: InputContext, path: UPath) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(path.read_bytes()))
 
+    def read_partition(self, asset: str, night: str, field: str) -> pl.DataFrame | None:
+        """One night x field partition's table, read outside a run's inputs;
+        None when that partition was never written."""
+        for part in (asset, night, field):
+            if part in ("", ".", "..") or "/" in part or "\\" in part:
+                raise ValueError(f"{part!r} cannot be part of a table path")
+        path = self._base_path.joinpath(asset, night, field + self.extension)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except Exception as err:
+            if self.where is None:
+                raise
+            raise storage_error("read", path, self.where, err) from err
+        return pl.read_parquet(io.BytesIO(data))
+
     def table_glob(self, context: InputContext | OutputContext) -> str:
         """The files of every partition of the context's asset."""
         asset = self._base_path.joinpath(*context.asset_key.path)

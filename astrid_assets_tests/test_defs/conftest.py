@@ -3,6 +3,7 @@
 import dagster as dg
 import pytest
 
+from astrid_assets.labels import LabelStore
 from astrid_assets.sources import SimulatedSurvey
 from astrid_assets.storage.io_managers import FitsIOManager, ParquetIOManager
 from astrid_assets.tracking import MlflowTracking
@@ -18,6 +19,7 @@ def graph_resources(root, landing=None) -> dict:
         "parquet_io_manager": ParquetIOManager(
             root=str(root / "tables"), catalog_path=str(root / "astrid.duckdb")
         ),
+        "labels": LabelStore(sqlite_path=str(root / "labels.sqlite")),
         "mlflow": MlflowTracking(
             tracking_uri=f"sqlite:///{root / 'mlflow.sqlite'}",
             artifact_location=(root / "mlflow-artifacts").as_uri(),

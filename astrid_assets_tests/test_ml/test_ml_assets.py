@@ -124,8 +124,10 @@ def test_a_worse_challenger_leaves_the_champion(trained):
         assert str(champion.version) == "2"
 
 
-def test_candidate_scores_from_the_champions(trained):
-    root, instance, resources, *_ = trained
+@pytest.fixture(scope="module")
+def scored(trained):
+    """One night x field through the graph, scored by the champions."""
+    _, instance, resources, *_ = trained
     instance.add_dynamic_partitions("night", [NIGHT])
     dg.materialize(
         defs.assets,
@@ -149,6 +151,11 @@ def test_candidate_scores_from_the_champions(trained):
         resources=resources,
     )
     assert result.success
+    return trained
+
+
+def test_candidate_scores_from_the_champions(scored):
+    root, *_ = scored
     catalog = Catalog(root / "astrid.duckdb")
     joined = catalog.query(
         "SELECT c.candidate_id, s.realbogus, s.unet, s.isolation_forest, s.one_class_svm, "
@@ -158,3 +165,41 @@ def test_candidate_scores_from_the_champions(trained):
     assert joined.height == n > 0
     assert joined["ensemble"].is_between(0, 1).all()
     assert joined["realbogus"].is_between(0, 1).all()
+
+
+def test_vetters_labels_join_the_training_set(scored):
+    root, instance, resources, *_ = scored
+    catalog = Catalog(root / "astrid.duckdb")
+    ids = catalog.query(
+        "SELECT candidate_id FROM candidates WHERE night = ? AND field = ? ORDER BY candidate_id",
+        [NIGHT, FIELD],
+    )["candidate_id"].to_list()
+    assert len(ids) >= 2
+    labels = resources["labels"]
+    labels.add(ids[0], NIGHT, FIELD, "real", "ana")
+    labels.add(ids[1], NIGHT, FIELD, "bogus", "ana")
+    labels.add(ids[1], NIGHT, FIELD, "real", "ben")
+    labels.add(ids[1], NIGHT, FIELD, "bogus", "cy")  # two against one: bogus
+    result = dg.materialize(
+        defs.assets,
+        selection=["training_set", "unet_patches"],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": TINY},
+    )
+    meta = _metadata(result, "training_set")
+    assert meta["human_labels"] == {
+        "candidates": 2,
+        "tied": 0,
+        "held_out": 0,
+        "not_found": 0,
+        "joined_real": 1,
+        "joined_bogus": 1,
+    }
+    human = catalog.query(
+        "SELECT label, split, night, field FROM training_set WHERE kind = 'human' ORDER BY label"
+    )
+    assert human["label"].to_list() == [0, 1]
+    assert set(human["split"]) == {"train"}
+    assert set(human["night"]) == {NIGHT} and set(human["field"]) == {FIELD}
+    assert meta["class_balance"]["train"]["kinds"]["human"] == 2
