@@ -27,6 +27,7 @@ from astrid_assets.defs.ml import (
 )
 from astrid_assets.defs.quality import completeness_report
 from astrid_assets.defs.reference import reference_images
+from astrid_assets.defs.retraining import labels_sensor, retrain_models
 from astrid_assets.resources import default_resources
 from astrid_assets.settings import settings
 
@@ -68,8 +69,9 @@ defs = Definitions(
         ensemble_model,
         candidate_scores,
     ],
+    jobs=[retrain_models],
     schedules=[nightly_schedule],
-    sensors=[landing_sensor],
+    sensors=[landing_sensor, labels_sensor],
     resources=default_resources(),
     executor=executor(),
 )

@@ -52,6 +52,13 @@ __all__ = [
 ENVIRONMENTS = ("local", "prod")
 
 
+def _positive(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -72,6 +79,7 @@ class Settings:
     sim_seed: int
     sim_start: str
     max_processes: int
+    retrain_after_labels: int = 100
     env: str = "local"
     s3_bucket: str | None = None
     s3_prefix: str = "astrid"
@@ -128,6 +136,7 @@ def settings() -> Settings:
         sim_seed=_int("ASTRID_SIM_SEED", 20260105),
         sim_start=os.environ.get("ASTRID_SIM_START") or "2026-01-05",
         max_processes=_int("ASTRID_MAX_PROCESSES", os.cpu_count() or 2),
+        retrain_after_labels=_positive("ASTRID_RETRAIN_AFTER_LABELS", 100),
         env=_environment(),
         s3_bucket=os.environ.get("ASTRID_S3_BUCKET") or None,
         s3_prefix=os.environ.get("ASTRID_S3_PREFIX", "astrid"),
