@@ -14,7 +14,7 @@ export ASTRID_DAGSTER_STORAGE ?= $(ASTRID_HOME)/dagster
 export ASTRID_DAGSTER_LOGS ?= $(ASTRID_HOME)/dagster/logs
 export ASTRID_MAX_RUNS ?= 2
 
-.PHONY: demo ui test lint bench clean postgresql
+.PHONY: demo ui test lint bench clean postgresql chromium
 
 # Production mode keeps Dagster's instance file in deploy/dagster (PostgreSQL).
 ifeq ($(ASTRID_ENV),prod)
@@ -49,7 +49,14 @@ postgresql:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
 
-test: $(STAMP) postgresql
+# The review app's browser test drives Debian's chromium through Playwright
+# (executable /usr/bin/chromium; Playwright downloads no browser of its own).
+chromium:
+	@test -x /usr/bin/chromium || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: $(STAMP) postgresql chromium
 	$(BIN)/ruff check astrid_assets astrid_assets_tests benchmarks
 	$(BIN)/ruff format --check astrid_assets astrid_assets_tests benchmarks
 	$(BIN)/pytest

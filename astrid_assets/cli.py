@@ -6,6 +6,7 @@ that ``astrid --help`` is instant.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -179,3 +180,70 @@ def demo(night: str | None) -> None:
                 click.echo(f"no summary of night {night}: {err}", err=True)
     if not progress.succeeded:
         raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--secure-cookies", is_flag=True, help="Mark the session cookie Secure (served over HTTPS)."
+)
+def review(host: str, port: int, secure_cookies: bool) -> None:
+    """Serve the vetting web app: label candidates real, bogus or unsure.
+
+    Sign in with a user made by `astrid users add`. Listens on 127.0.0.1
+    only, unless told otherwise; put it behind a TLS proxy (and give
+    --secure-cookies) to serve it to others. Session cookies are signed with
+    $ASTRID_REVIEW_SECRET, or a key kept in ASTRID_HOME/review-secret.
+    """
+    import uvicorn
+
+    from astrid_assets.commands.review import environment_app
+
+    try:
+        app = environment_app(secure_cookies=secure_cookies)
+    except ValueError as err:  # a prod setting is missing
+        raise click.ClickException(str(err)) from err
+    click.echo(f"AstrID review on http://{host}:{port}/ (Ctrl-C stops it)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.group()
+def users() -> None:
+    """Users of the review app (`astrid review`), in the label store's database."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "vetter", "admin"]),
+    default="vetter",
+    show_default=True,
+    help="viewer: looks only; vetter: labels; admin: also exports and manages users.",
+)
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+def users_add(name: str, role: str, password_stdin: bool) -> None:
+    """Create the user NAME; the password is asked for twice (or read from stdin)."""
+    from astrid_assets.commands.review import environment_users
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        environment_users().add(name, password, role)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"added {role} {name}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every user and their role."""
+    from astrid_assets.commands.review import environment_users
+
+    for person in environment_users().all():
+        click.echo(f"{person['name']}\t{person['role']}\t{person['created_at']:%Y-%m-%d}")

@@ -151,6 +151,68 @@ class LabelStore(ConfigurableResource):
         with self.engine().connect() as connection:
             return int(connection.execute(query).scalar_one())
 
+    def for_candidate(self, candidate_id: str) -> list[dict[str, Any]]:
+        """Every label of one candidate, oldest first, as dicts."""
+        table = TABLE
+        query = sa.select(table).where(table.c.candidate_id == str(candidate_id))
+        with self.engine().connect() as connection:
+            rows = connection.execute(query.order_by(table.c.id)).mappings().all()
+        return [{**row, "created_at": _utc(row["created_at"])} for row in rows]
+
+    def labelled_by(self, vetter: str) -> set[str]:
+        """The candidates ``vetter`` has labelled."""
+        table = TABLE
+        query = sa.select(table.c.candidate_id).where(table.c.vetter == vetter).distinct()
+        with self.engine().connect() as connection:
+            return set(connection.execute(query).scalars())
+
+    def counts(self, vetter: str) -> dict[str, int]:
+        """How far ``vetter`` and everyone have got.
+
+        ``mine``: candidates ``vetter`` has labelled, and ``real``, ``bogus``,
+        ``unsure``: how many of them by ``vetter``'s last word; ``candidates``:
+        candidates labelled by anyone; ``labels``: rows stored by anyone.
+        """
+        table = TABLE
+        last = (
+            sa.select(sa.func.max(table.c.id))
+            .where(table.c.vetter == vetter)
+            .group_by(table.c.candidate_id)
+        )
+        by_label = (
+            sa.select(table.c.label, sa.func.count())
+            .where(table.c.id.in_(last))
+            .group_by(table.c.label)
+        )
+        everyone = sa.select(
+            sa.func.count(sa.distinct(table.c.candidate_id)), sa.func.count(table.c.id)
+        )
+        with self.engine().connect() as connection:
+            mine = {label: int(n) for label, n in connection.execute(by_label)}
+            candidates, labels = connection.execute(everyone).one()
+        counts = {label: mine.get(label, 0) for label in LABELS}
+        return {
+            "mine": sum(counts.values()),
+            **counts,
+            "candidates": int(candidates),
+            "labels": int(labels),
+        }
+
+    def undo_last(self, vetter: str) -> dict[str, Any] | None:
+        """Delete ``vetter``'s most recent label; returns it, or None when there is none.
+
+        One statement (``DELETE ... RETURNING``), so two undos at once never
+        remove the same row twice and SQLite never has to upgrade a read lock.
+        """
+        table = TABLE
+        newest = (
+            sa.select(sa.func.max(table.c.id)).where(table.c.vetter == vetter).scalar_subquery()
+        )
+        statement = sa.delete(table).where(table.c.id == newest).returning(*table.c)
+        with self.engine().begin() as connection:
+            row = connection.execute(statement).mappings().first()
+        return None if row is None else {**row, "created_at": _utc(row["created_at"])}
+
     def teardown_after_execution(self, context: Any) -> None:
         if self._engine is not None:
             self._engine.dispose()
