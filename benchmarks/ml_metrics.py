@@ -1,6 +1,6 @@
 """Real-bogus quality on held-out simulated data and on real ZTF alerts.
 
-Run with ``python benchmarks/ml_metrics.py [--size 1024] [--epochs 30]``.
+Run with ``python benchmarks/ml_metrics.py [--size 1024] [--epochs 25]``.
 
 Builds a training set by injection on the simulated survey (fields and
 nights split: the test rows come from a field and a night never trained
@@ -32,9 +32,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--fields", default="F01,F02,F03,F04")
     parser.add_argument("--nights", type=int, default=8, help="Survey nights from 2026-01-05.")
-    parser.add_argument("--real-per-image", type=int, default=150)
-    parser.add_argument("--artefacts-per-kind", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--real-per-image", type=int, default=250)
+    parser.add_argument("--artefacts-per-kind", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--ztf", type=Path, default=REPO.parent / "shared" / "data" / "real" / "ztf_alerts"
@@ -95,10 +95,13 @@ def main() -> None:
     fpr = table["realbogus"]["fpr_at_fnr_1pct"]
     print(f"\nCNN FPR at 1% FNR: {fpr:.2%} (goal <= 1%): {'PASS' if fpr <= 0.01 else 'FAIL'}")
     best = max((n for n in table if n != "ensemble"), key=lambda n: table[n]["pr_auc"])
-    ok = table["ensemble"]["pr_auc"] >= table[best]["pr_auc"]
+    # A tie is "at least as good": when the ensemble keeps its best member's ranking,
+    # the two areas differ only by floating-point rounding (about 1e-16).
+    margin = table["ensemble"]["pr_auc"] - table[best]["pr_auc"]
+    ok = margin >= -1e-9
     print(
         f"ensemble PR-AUC {table['ensemble']['pr_auc']:.6f} vs best member {best} "
-        f"{table[best]['pr_auc']:.6f}: {'PASS' if ok else 'FAIL'}"
+        f"{table[best]['pr_auc']:.6f} (difference {margin:+.2e}): {'PASS' if ok else 'FAIL'}"
     )
 
     if args.ztf.is_dir():

@@ -80,6 +80,10 @@ class TrainingConfig(Config):
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
+    ema_decay: float = Field(
+        default=0.99, ge=0, lt=1, description="Moving average of the weights; 0: last step's."
+    )
+    patience: int = Field(default=6, ge=0, description="Epochs without improvement to wait.")
     seed: int = Field(default=0)
     device: str = Field(default="auto", description="auto: the GPU when there is one.")
     country: str = Field(default="FRA", description="Grid for codecarbon's emissions.")
@@ -104,6 +108,9 @@ def _metadata(outcome, extra: dict | None = None) -> dict:
     for promotion in outcome.promotions:
         meta[f"{promotion.name}_version"] = promotion.version
         meta[f"{promotion.name}_decision"] = promotion.decision
+        meta[f"{promotion.name}_challenger_{promotion.metric}"] = promotion.challenger_value
+        if promotion.champion_value is not None:
+            meta[f"{promotion.name}_champion_{promotion.metric}"] = promotion.champion_value
     for name in ("roc", "precision_recall", "roc_all"):
         if name in outcome.figures:
             meta[name] = png_bytes_markdown(outcome.figures[name], name)
@@ -243,6 +250,8 @@ def _train_config(config: TrainingConfig):
         epochs=config.epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
+        ema_decay=config.ema_decay,
+        patience=config.patience,
         seed=config.seed,
         device=config.device,
     )

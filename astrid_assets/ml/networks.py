@@ -5,6 +5,7 @@ Import this module inside functions only: torch must not load with the code loca
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -47,8 +48,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
-    patience: int = 4
+    patience: int = 6
     augment: bool = True
+    # > 0: validate and keep the exponential moving average of the weights (Polyak &
+    # Juditsky 1992), not the last step's; its decay ramps up from 0.1 over the first steps.
+    ema_decay: float = 0.99
 
 
 class RealBogusNet(nn.Module):
@@ -140,6 +144,13 @@ class UNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def _update_average(averaged: nn.Module, model: nn.Module, decay: float) -> None:
+    """One step of the exponential moving average of the weights."""
+    with torch.no_grad():
+        for mean, current in zip(averaged.parameters(), model.parameters(), strict=True):
+            mean.mul_(decay).add_(current.detach(), alpha=1.0 - decay)
+
+
 def _fit(
     model: nn.Module,
     inputs: np.ndarray,
@@ -151,7 +162,14 @@ def _fit(
     progress: Callable[[str], None] | None,
 ) -> tuple[nn.Module, dict]:
     """Mini-batch Adam with dihedral augmentation, early stopping on validation loss;
-    the best model back on the CPU and the history."""
+    the best model back on the CPU and the history.
+
+    With ``config.ema_decay`` the model validated and returned is the moving
+    average of the weights, where the last step's weights swing with the last
+    few batches: on the held-out simulated night the CNN's false-positive rate
+    at 1 % false-negative rate went from 1.05-2.78 % (two seeds) to 0.62-0.67 %
+    (``benchmarks/RESULTS.md``).
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config.device)
@@ -159,6 +177,9 @@ def _fit(
     optimiser = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
+    averaged = copy.deepcopy(model) if config.ema_decay > 0 else None
+    judged = averaged if averaged is not None else model
+    steps = 0
     val_x = torch.from_numpy(np.ascontiguousarray(val_inputs)).to(device)
     val_y = torch.from_numpy(np.ascontiguousarray(val_targets)).to(device)
     history: dict = {"train_loss": [], "val_loss": [], "device": str(device)}
@@ -182,10 +203,13 @@ def _fit(
             loss = loss_fn(model(xb), yb)
             loss.backward()
             optimiser.step()
+            if averaged is not None:
+                _update_average(averaged, model, min(config.ema_decay, (1 + steps) / (10 + steps)))
+            steps += 1
             total += float(loss.detach()) * len(rows)
-        model.eval()
+        judged.eval()
         with torch.inference_mode():
-            val_loss = float(loss_fn(model(val_x), val_y))
+            val_loss = float(loss_fn(judged(val_x), val_y))
         history["train_loss"].append(total / len(inputs))
         history["val_loss"].append(val_loss)
         if progress:
@@ -193,7 +217,7 @@ def _fit(
             progress(f"epoch {epoch + 1}: train {train_loss:.4f}, validation {val_loss:.4f}")
         if val_loss < best:
             best, waited = val_loss, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
         else:
             waited += 1
             if waited > config.patience:
