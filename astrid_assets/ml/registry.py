@@ -286,6 +286,11 @@ def register_and_promote(
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, f"astrid.{metric}", f"{challenger_value:.6g}")
     client.set_model_version_tag(name, version, "astrid.decision", outcome.decision)
+    if current is not None:
+        client.set_model_version_tag(name, version, "astrid.champion_version", current.version)
+        client.set_model_version_tag(
+            name, version, f"astrid.champion_{metric}", f"{champion_value:.6g}"
+        )
     return outcome
 
 

@@ -117,10 +117,15 @@ def test_a_worse_challenger_leaves_the_champion(trained):
     challenger = client.get_model_version_by_alias(name, registry.CHALLENGER)
     champion = client.get_model_version_by_alias(name, registry.CHAMPION)
     assert str(challenger.version) == "2"
-    decision = _metadata(result, "realbogus_model")[f"{name}_decision"]
+    meta = _metadata(result, "realbogus_model")
+    decision = meta[f"{name}_decision"]
+    challenger_value = meta[f"{name}_challenger_pr_auc"]
+    champion_value = meta[f"{name}_champion_pr_auc"]  # v1, on the same held-out rows
     if decision.startswith("kept"):
+        assert challenger_value <= champion_value
         assert str(champion.version) == "1"
     else:
+        assert challenger_value > champion_value
         assert str(champion.version) == "2"
 
 

@@ -43,6 +43,8 @@ def test_the_champion_moves_only_to_a_better_challenger(tracking):
     tags = client.get_model_version(name, "2").tags
     assert tags["astrid.decision"].startswith("kept")
     assert tags["astrid.pr_auc"] == "0.85"
+    assert tags["astrid.champion_pr_auc"] == "0.9"
+    assert tags["astrid.champion_version"] == "1"
 
     equal = _new_version(tracking, name, 0.90, 0.90)  # a tie is no reason to move
     assert not equal.promoted
