@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, ExecutorDefinition, multiprocess_executor
+from dagster import (
+    AssetSpec,
+    Definitions,
+    ExecutorDefinition,
+    apply_freshness_policy,
+    map_asset_specs,
+    multiprocess_executor,
+)
 
-from astrid_assets.defs.automation import landing_sensor, nightly_schedule
+from astrid_assets.defs.automation import (
+    NIGHT_ASSETS,
+    NIGHT_FIELD_ASSETS,
+    landing_sensor,
+    nightly_schedule,
+)
 from astrid_assets.defs.calibration import calibrated_exposures, calibration_masters
 from astrid_assets.defs.difference import candidates, difference_images
+from astrid_assets.defs.health import NIGHTLY_FRESHNESS, failure_summary_sensor
 from astrid_assets.defs.ingest import raw_exposures
 from astrid_assets.defs.ml import (
     anomaly_models,
@@ -31,7 +44,10 @@ from astrid_assets.defs.retraining import labels_sensor, retrain_models
 from astrid_assets.resources import default_resources
 from astrid_assets.settings import settings
 
-__all__ = ["defs", "executor"]
+__all__ = ["NIGHTLY", "defs", "executor"]
+
+# The assets every night renews; the UI shows their freshness against NIGHTLY_FRESHNESS.
+NIGHTLY = (*NIGHT_FIELD_ASSETS, *NIGHT_ASSETS, "candidate_scores")
 
 EXECUTORS = ("multiprocess", "k8s")
 
@@ -53,25 +69,35 @@ def executor() -> ExecutorDefinition:
     )
 
 
+def nightly_freshness(spec: AssetSpec) -> AssetSpec:
+    """The nightly assets carry :data:`NIGHTLY_FRESHNESS`; the others as they are."""
+    if spec.key.to_user_string() in NIGHTLY:
+        return apply_freshness_policy(spec, NIGHTLY_FRESHNESS)
+    return spec
+
+
 defs = Definitions(
-    assets=[
-        raw_exposures,
-        calibration_masters,
-        calibrated_exposures,
-        reference_images,
-        difference_images,
-        candidates,
-        completeness_report,
-        training_set,
-        realbogus_model,
-        unet_model,
-        anomaly_models,
-        ensemble_model,
-        candidate_scores,
-    ],
+    assets=map_asset_specs(
+        nightly_freshness,
+        [
+            raw_exposures,
+            calibration_masters,
+            calibrated_exposures,
+            reference_images,
+            difference_images,
+            candidates,
+            completeness_report,
+            training_set,
+            realbogus_model,
+            unet_model,
+            anomaly_models,
+            ensemble_model,
+            candidate_scores,
+        ],
+    ),
     jobs=[retrain_models],
     schedules=[nightly_schedule],
-    sensors=[landing_sensor, labels_sensor],
+    sensors=[landing_sensor, labels_sensor, failure_summary_sensor],
     resources=default_resources(),
     executor=executor(),
 )
