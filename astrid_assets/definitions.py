@@ -20,6 +20,7 @@ from dagster import (
     multiprocess_executor,
 )
 
+from astrid_assets.defs.alerts import alerts
 from astrid_assets.defs.automation import (
     NIGHT_ASSETS,
     NIGHT_FIELD_ASSETS,
@@ -28,6 +29,7 @@ from astrid_assets.defs.automation import (
 )
 from astrid_assets.defs.calibration import calibrated_exposures, calibration_masters
 from astrid_assets.defs.difference import candidates, difference_images
+from astrid_assets.defs.drift import drift_report
 from astrid_assets.defs.health import NIGHTLY_FRESHNESS, failure_summary_sensor
 from astrid_assets.defs.ingest import raw_exposures
 from astrid_assets.defs.ml import (
@@ -87,12 +89,14 @@ defs = Definitions(
             difference_images,
             candidates,
             completeness_report,
+            drift_report,
             training_set,
             realbogus_model,
             unet_model,
             anomaly_models,
             ensemble_model,
             candidate_scores,
+            alerts,
         ],
     ),
     jobs=[retrain_models],

@@ -54,6 +54,7 @@ __all__ = [
     "CalibrationFrames",
     "DetectorDefects",
     "NightConditions",
+    "NightOverride",
     "SimulatedExposure",
     "SurveyConfig",
     "detector_defects",
@@ -90,6 +91,49 @@ _ASTEROID_BLOCK_DAYS = 10.0
 _MJD_EPOCH = dt.datetime(1858, 11, 17)
 _FAINTEST_SUPERNOVA = 25.0  # mag; fainter ones are neither rendered nor listed
 _ADC_MAX = 65535.0
+
+
+@dataclass(frozen=True)
+class NightOverride:
+    """Weather forced on one night: a bad night on purpose.
+
+    The night's conditions are drawn as on any other night and then
+    changed, so every random stream (and every other night) stays as it
+    was. Used to test what watches the data (the drift report): a night of
+    poor seeing under grey cloud.
+
+    Attributes
+    ----------
+    night : str
+        The night, ``YYYY-MM-DD``.
+    seeing_factor : float
+        The night's seeing FWHM is multiplied by this (the PSF is still
+        clipped to 6 px FWHM).
+    zero_point_offset : float
+        Magnitudes added to the zero point of every exposure of the night;
+        negative is a loss of throughput, as a grey cloud: sources and sky
+        both fainter in ADU, the limiting magnitude shallower.
+    """
+
+    night: str
+    seeing_factor: float = 1.0
+    zero_point_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        try:
+            dt.date.fromisoformat(str(self.night))
+        except ValueError:
+            raise ValueError(
+                f"NightOverride.night must be a date as 'YYYY-MM-DD', got {self.night!r}"
+            ) from None
+        if not (np.isfinite(self.seeing_factor) and self.seeing_factor > 0):
+            raise ValueError(
+                f"NightOverride.seeing_factor must be a positive number, got {self.seeing_factor!r}"
+            )
+        if not np.isfinite(self.zero_point_offset):
+            raise ValueError(
+                f"NightOverride.zero_point_offset must be finite, got {self.zero_point_offset!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -164,6 +208,9 @@ class SurveyConfig:
         Largest pointing offset from the field centre, pixels per axis.
     max_rotation : float
         Largest rotation of an exposure about the field centre, degrees.
+    night_overrides : tuple of NightOverride
+        Nights whose weather is forced (:class:`NightOverride`); empty by
+        default, and no other night changes.
     """
 
     seed: int = 20260105
@@ -200,6 +247,7 @@ class SurveyConfig:
     wcs_error_fraction: float = 0.05
     max_jitter: float = 20.0
     max_rotation: float = 0.3
+    night_overrides: tuple[NightOverride, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int | np.integer) or self.seed < 0:
@@ -251,6 +299,23 @@ class SurveyConfig:
             raise ValueError(
                 f"start_night must be a date as 'YYYY-MM-DD', got {self.start_night!r}"
             ) from None
+        if not isinstance(self.night_overrides, tuple) or not all(
+            isinstance(o, NightOverride) for o in self.night_overrides
+        ):
+            raise ValueError(
+                f"night_overrides must be a tuple of NightOverride, got {self.night_overrides!r}"
+            )
+        nights = [_parse_date(o.night) for o in self.night_overrides]
+        if len(set(nights)) != len(nights):
+            raise ValueError(f"night_overrides names a night twice: {sorted(map(str, nights))}")
+
+    def night_override(self, night: str | dt.date) -> NightOverride | None:
+        """The forced weather of ``night``, or None."""
+        date = _parse_date(night)
+        for override in self.night_overrides:
+            if _parse_date(override.night) == date:
+                return override
+        return None
 
     @property
     def area_factor(self) -> float:
@@ -937,7 +1002,9 @@ def night_conditions(
     """Observing conditions of the exposure of ``field`` on ``night``.
 
     Seeing, clouds and the moon are shared by all fields of a night; the time
-    of observation, airmass, sky and pointing differ per field.
+    of observation, airmass, sky and pointing differ per field. A night in
+    ``config.night_overrides`` has its seeing scaled and its zero point
+    shifted after everything is drawn (:class:`NightOverride`).
     """
     date = _parse_date(night)
     index = _field_index(config, field)
@@ -947,6 +1014,9 @@ def night_conditions(
 
     # Night-wide weather: seeing, clouds, the moon's geometry.
     seeing_night = config.seeing_median * float(shared.lognormal(0.0, 0.22))
+    override = config.night_override(date)
+    if override is not None:
+        seeing_night *= override.seeing_factor
     weather = shared.random()
     if weather < 0.65:
         clouds = shared.uniform(0.97, 1.0)
@@ -990,6 +1060,8 @@ def night_conditions(
         + 2.5 * math.log10(transparency)
         + zp_drift
     )
+    if override is not None:
+        zero_point += override.zero_point_offset
     illum = _moon_illumination(mid)
     sky_brightness = (
         config.sky_brightness

@@ -5,6 +5,11 @@ materialized, backfilled or re-run and gives the same bytes. Each field's
 reference is built from a template season: ``n_template_nights`` nights
 before the survey starts, as surveys take their templates before they
 search.
+
+``night_overrides`` force bad weather on chosen nights (worse seeing, a
+lower zero point; :class:`~astrid_assets.science.simulate.NightOverride`),
+to see what the pipeline and its drift report make of such a night; every
+other night is unchanged.
 """
 
 from __future__ import annotations
@@ -15,11 +20,22 @@ from pathlib import Path
 
 from astropy.table import Table
 from astropy.wcs import WCS
+from dagster import Config
 from pydantic import Field
 
 from astrid_assets.sources.base import CalibrationFrames, RawExposure, SurveySource
 
-__all__ = ["SimulatedSurvey"]
+__all__ = ["NightWeather", "SimulatedSurvey"]
+
+
+class NightWeather(Config):
+    """Weather forced on one night of the simulated survey."""
+
+    night: str = Field(description="The night, YYYY-MM-DD.")
+    seeing_factor: float = Field(default=1.0, gt=0, description="Seeing FWHM multiplied by this.")
+    zero_point_offset: float = Field(
+        default=0.0, description="Magnitudes added to the zero point; negative: grey cloud."
+    )
 
 
 class SimulatedSurvey(SurveySource):
@@ -34,10 +50,13 @@ class SimulatedSurvey(SurveySource):
     n_template_nights: int = Field(
         default=4, ge=1, le=30, description="Template-season nights before the start."
     )
+    night_overrides: list[NightWeather] = Field(
+        default_factory=list, description="Nights of forced bad weather; none by default."
+    )
 
     @cached_property
     def survey_config(self):  # -> SurveyConfig
-        from astrid_assets.science.simulate import SurveyConfig
+        from astrid_assets.science.simulate import NightOverride, SurveyConfig
 
         try:
             dt.date.fromisoformat(self.start_night)
@@ -50,6 +69,10 @@ class SimulatedSurvey(SurveySource):
             n_fields=self.n_fields,
             shape=(self.size, self.size),
             start_night=self.start_night,
+            night_overrides=tuple(
+                NightOverride(o.night, o.seeing_factor, o.zero_point_offset)
+                for o in self.night_overrides
+            ),
         )
 
     def fields(self) -> list[str]:

@@ -11,6 +11,7 @@ from astropy.wcs import WCS
 
 from astrid_assets.science.psf import moffat_psf
 from astrid_assets.science.simulate import (
+    NightOverride,
     SurveyConfig,
     detector_defects,
     field_catalog,
@@ -516,3 +517,28 @@ def test_full_size_exposure_has_a_realistic_mix() -> None:
     artefacts = exposure.artefacts["type"]
     assert (artefacts == "cosmic_ray").sum() > 10
     assert (artefacts == "saturated_star").sum() >= 3
+
+
+def test_a_night_override_changes_that_night_only() -> None:
+    """Forced bad weather (for the drift test) leaves every other night, and
+    everything but seeing, zero point and what follows from them, as it was."""
+    plain = SurveyConfig(shape=(256, 256))
+    bad = dataclasses.replace(plain, night_overrides=(NightOverride(NIGHT, 2.0, -1.0),))
+    for night in ("2026-01-06", "2026-01-08"):
+        assert night_conditions(bad, night, "F01") == night_conditions(plain, night, "F01")
+    before, after = night_conditions(plain, NIGHT, "F01"), night_conditions(bad, NIGHT, "F01")
+    assert after.fwhm == pytest.approx(min(6.0, 2.0 * before.fwhm))
+    assert after.zero_point == pytest.approx(before.zero_point - 1.0)
+    assert after.sky == pytest.approx(before.sky * 10**-0.4)  # a grey cloud dims the sky too
+    assert after.limiting_mag < before.limiting_mag - 0.8
+    assert (after.airmass, after.jitter_x, after.mjd) == (
+        before.airmass,
+        before.jitter_x,
+        before.mjd,
+    )
+    with pytest.raises(ValueError, match="seeing_factor"):
+        NightOverride(NIGHT, seeing_factor=0.0)
+    with pytest.raises(ValueError, match="night"):
+        NightOverride("07/01/2026")
+    with pytest.raises(ValueError, match="twice"):
+        SurveyConfig(night_overrides=(NightOverride(NIGHT), NightOverride(NIGHT, 1.5)))
