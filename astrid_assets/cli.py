@@ -247,3 +247,61 @@ def users_list() -> None:
 
     for person in environment_users().all():
         click.echo(f"{person['name']}\t{person['role']}\t{person['created_at']:%Y-%m-%d}")
+
+
+@main.group()
+def alerts() -> None:
+    """Alert packets (Avro, ZTF's layout) of the nights already processed."""
+
+
+@alerts.command("export")
+@click.option("--night", required=True, help="Night, YYYY-MM-DD.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory."
+)
+@click.option(
+    "--min-score",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Least ensemble probability real of an alert.",
+)
+@click.option(
+    "--unscored-ok",
+    is_flag=True,
+    help="Alert on every candidate of fields without scores instead of failing.",
+)
+def alerts_export(night: str, out: Path, min_score: float, unscored_ok: bool) -> None:
+    """Write the packets of NIGHT to OUT, one <candid>.avro file each.
+
+    Reads the night's candidates and scores, and the earlier nights'
+    candidates, from the tables already materialized; associates them into
+    objects and writes a packet for each candidate with an ensemble score of
+    at least --min-score: what the `alerts` asset writes, in another folder.
+    """
+    from astrid_assets.alerts import AlertConfig, night_alerts, write_packets
+    from astrid_assets.partitions import validate_night
+    from astrid_assets.resources import default_resources, survey_source
+    from astrid_assets.settings import configure_environment
+
+    configure_environment()
+    try:
+        night = validate_night(night)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--night'") from err
+    config = AlertConfig(min_ensemble=min_score, require_scores=not unscored_ok)
+    started = time.perf_counter()
+    try:
+        store = default_resources()["parquet_io_manager"].create_io_manager(None)
+        tables, built = night_alerts(store, night, survey_source().fields(), config)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    for field in tables.unscored_fields:
+        click.echo(f"{field}: no scores, every candidate alerted", err=True)
+    with click.progressbar(length=len(built.packets), label=f"night {night}") as bar:
+        written = write_packets(built.packets, out, workers=config.workers, progress=bar.update)
+    click.echo(
+        f"wrote {len(written.paths)} packets to {out} in {time.perf_counter() - started:.1f} s: "
+        f"{built.new_objects} new objects, {built.known_objects} known; "
+        f"{built.below_cut} of {built.candidates} candidates below {min_score}"
+    )
