@@ -47,6 +47,8 @@ def test_definitions_load_with_every_asset_check_schedule_and_sensor():
         "completeness_report",
         *ML_ASSETS,
         "candidate_scores",
+        "drift_report",
+        "alerts",
     }
     groups = {graph.get(dg.AssetKey(n)).group_name for n in CHAIN}
     assert groups == {"ingest", "calibration", "difference"}
@@ -55,8 +57,11 @@ def test_definitions_load_with_every_asset_check_schedule_and_sensor():
     assert ("difference_images", "score_std_near_one") in checks
     assert ("candidates", "candidate_count_plausible") in checks
     assert ("calibrated_exposures", "frame_quality_within_limits") in checks
+    assert ("drift_report", "drift_within_limits") in checks
     assert defs.resolve_schedule_def("nightly_schedule")
-    assert defs.resolve_sensor_def("landing_sensor")
+    for sensor in ("landing_sensor", "labels_sensor", "failure_summary_sensor"):
+        assert defs.resolve_sensor_def(sensor)
+    assert defs.resolve_job_def("retrain_models")
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key} has no description"
 
