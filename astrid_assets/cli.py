@@ -88,7 +88,8 @@ def sql(query: str, max_rows: int, as_csv: bool) -> None:
     """Run a DuckDB QUERY over every materialized partition.
 
     Views: exposures, frames, candidates (cutouts in candidates_cutouts),
-    injections. For example:
+    injections; other surveys' alerts in external_candidates and our scores
+    of them in external_scores (astrid alerts ingest / score). For example:
 
     astrid sql "SELECT night, field, count(*) FROM candidates GROUP BY ALL"
     """
@@ -251,7 +252,7 @@ def users_list() -> None:
 
 @main.group()
 def alerts() -> None:
-    """Alert packets (Avro, ZTF's layout) of the nights already processed."""
+    """Alert packets: ours out (export), ZTF's and Rubin's in (ingest, score)."""
 
 
 @alerts.command("export")
@@ -305,3 +306,91 @@ def alerts_export(night: str, out: Path, min_score: float, unscored_ok: bool) ->
         f"{built.new_objects} new objects, {built.known_objects} known; "
         f"{built.below_cut} of {built.candidates} candidates below {min_score}"
     )
+
+
+@alerts.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def alerts_ingest(paths: tuple[Path, ...]) -> None:
+    """Store the ZTF and Rubin alert packets of PATHS in the external_candidates table.
+
+    PATHS are Avro files, directories (every *.avro, *.tar, *.tar.gz below) or
+    tarballs. One row per alert, the survey's own scores (rb, drb,
+    reliability) and the cutouts kept; an alert already stored is skipped. A
+    malformed file or packet is reported and skipped: the command exits 0 with
+    a count of warnings, non-zero only when nothing could be read. Then:
+
+    astrid sql "SELECT survey, count(*) FROM external_candidates GROUP BY ALL"
+    """
+    from astrid_assets.alerts.ingest import alert_inputs, ingest_alerts
+    from astrid_assets.resources import default_resources
+    from astrid_assets.settings import configure_environment
+
+    configure_environment()
+    started = time.perf_counter()
+    inputs = alert_inputs(paths)
+    if not inputs:
+        raise click.ClickException(f"no *.avro files or tarballs in {', '.join(map(str, paths))}")
+    store = default_resources()["parquet_io_manager"].create_io_manager(None)
+    problems: list[str] = []
+    with click.progressbar(length=len(inputs), label="alerts", file=sys.stderr) as bar:
+        result = ingest_alerts(
+            store,
+            inputs,
+            on_error=lambda source, reason: problems.append(f"{source}: {reason}; skipped"),
+            progress=bar.update,
+        )
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    for survey, read in result.read.items():
+        click.echo(
+            f"{survey}: {read} alerts read, {result.stored[survey]} stored, "
+            f"{result.duplicates[survey]} already stored"
+        )
+    click.echo(
+        f"{sum(result.stored.values())} alerts stored from {len(inputs)} inputs in "
+        f"{time.perf_counter() - started:.1f} s; {len(problems)} warnings"
+    )
+    if not result.read:
+        raise click.ClickException("no alert could be read")
+
+
+@alerts.command("score")
+@click.option(
+    "--survey",
+    type=click.Choice(["ztf", "rubin", "all"]),
+    default="all",
+    show_default=True,
+    help="Whose stored alerts to score.",
+)
+def alerts_score(survey: str) -> None:
+    """Score the stored external alerts with our real-bogus CNN, beside the surveys' own.
+
+    Writes the external_scores table (join it to external_candidates on
+    survey, candid) and prints the ROC AUC of our score against ZTF's
+    drb > 0.5 and Rubin's reliability > 0.5. The CNN is our survey's champion
+    applied without fine-tuning.
+    """
+    from astrid_assets.alerts.external_scoring import load_realbogus_champion, score_external
+    from astrid_assets.alerts.ingest import SURVEYS
+    from astrid_assets.resources import default_resources, mlflow_tracking
+    from astrid_assets.settings import configure_environment
+
+    configure_environment()
+    surveys = SURVEYS if survey == "all" else (survey,)
+    store = default_resources()["parquet_io_manager"].create_io_manager(None)
+    try:
+        model, version = load_realbogus_champion(mlflow_tracking())
+    except LookupError as err:
+        raise click.ClickException(
+            f"{err}\nno real-bogus model to score with: train one first by materializing "
+            "the model assets (training_set, realbogus_model; group ml in make ui)"
+        ) from err
+    started = time.perf_counter()
+    evaluations = score_external(store, model, surveys, model_version=version)
+    if not evaluations:
+        raise click.ClickException(
+            f"no {' or '.join(surveys)} alerts stored: run astrid alerts ingest PATH first"
+        )
+    for evaluation in evaluations:
+        click.echo(evaluation.line())
+    click.echo(f"scored with {version} in {time.perf_counter() - started:.1f} s")

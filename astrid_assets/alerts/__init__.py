@@ -22,6 +22,15 @@ Modules, one concept each:
 :mod:`~astrid_assets.alerts.night`
     Reading a night's tables from the store; what the asset and ``astrid
     alerts export`` share.
+
+Other surveys' alerts, in:
+
+:mod:`~astrid_assets.alerts.rubin`
+    A Rubin (LSST) packet as a row; its cutouts re-centred on 63 x 63.
+:mod:`~astrid_assets.alerts.ingest`
+    ZTF and Rubin Avro files, folders and tarballs into ``external_candidates``.
+:mod:`~astrid_assets.alerts.external_scoring`
+    Our real-bogus CNN on them, beside ZTF's ``drb`` and Rubin's ``reliability``.
 """
 
 from astrid_assets.alerts.association import Association, associate, candid_of, object_id_of
