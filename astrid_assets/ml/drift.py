@@ -56,7 +56,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -435,6 +435,28 @@ def compare_samples(
         return QuantityDrift(
             comparison, kind, quantity, NOT_AVAILABLE, n_new, n_ref, note=f"none for {side}"
         )
+    ref, new, base = _summary(reference, tonight, comparison, kind, quantity)
+    if min(new.size, ref.size) < thresholds.min_samples:
+        return QuantityDrift(
+            **base,
+            status=TOO_FEW,
+            note=f"too few: {new.size} tonight, {ref.size} reference "
+            f"(at least {thresholds.min_samples} each)",
+        )
+    values, notes = _distribution(ref, new, thresholds)
+    drifted = values["psi"] >= thresholds.psi and values["psi_p"] < thresholds.alpha
+    return QuantityDrift(**base, **values, status=OK, drifted=bool(drifted), note="; ".join(notes))
+
+
+def _summary(
+    reference: Sequence[float] | np.ndarray,
+    tonight: Sequence[float] | np.ndarray,
+    comparison: str,
+    kind: str,
+    quantity: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Both samples as finite values, and the fields every result carries: sizes,
+    medians, their shift and ratio."""
     ref = _as_values(reference, "reference")
     new = _as_values(tonight, "tonight")
     median_new, median_ref = _median(new), _median(ref)
@@ -450,16 +472,7 @@ def compare_samples(
         shift=shift,
         ratio=ratio,
     )
-    if min(new.size, ref.size) < thresholds.min_samples:
-        return QuantityDrift(
-            **base,
-            status=TOO_FEW,
-            note=f"too few: {new.size} tonight, {ref.size} reference "
-            f"(at least {thresholds.min_samples} each)",
-        )
-    values, notes = _distribution(ref, new, thresholds)
-    drifted = values["psi"] >= thresholds.psi and values["psi_p"] < thresholds.alpha
-    return QuantityDrift(**base, **values, status=OK, drifted=bool(drifted), note="; ".join(notes))
+    return ref, new, base
 
 
 def compare_frame_quantity(
@@ -481,21 +494,9 @@ def compare_frame_quantity(
     """
     if quantity not in FRAME_QUANTITIES:
         raise ValueError(f"unknown frame quantity {quantity!r}; known: {list(FRAME_QUANTITIES)}")
-    ref = _as_values(reference, "reference")
-    new = _as_values(tonight, "tonight")
-    median_new, median_ref = _median(new), _median(ref)
-    shift, ratio = _shift_and_ratio(median_new, median_ref)
-    base = dict(
-        comparison=comparison,
-        kind="frame",
-        quantity=quantity,
-        n_tonight=int(new.size),
-        n_reference=int(ref.size),
-        median_tonight=median_new,
-        median_reference=median_ref,
-        shift=shift,
-        ratio=ratio,
-    )
+    ref, new, base = _summary(reference, tonight, comparison, "frame", quantity)
+    median_new, median_ref = base["median_tonight"], base["median_reference"]
+    shift, ratio = base["shift"], base["ratio"]
     if not (math.isfinite(median_new) and math.isfinite(median_ref)):
         return QuantityDrift(
             **base,

@@ -37,6 +37,25 @@ def test_every_asset_says_what_it_is():
         assert (graph.get(key).description or "").strip(), f"{key} has no description"
 
 
+def _sense_failure(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:
+    """The failure sensor's reaction to a failed run, as the daemon would call it."""
+    run = instance.get_run_by_id(run_id)
+    (failure,) = [
+        r.event_log_entry.dagster_event
+        for r in instance.get_records_for_run(
+            run_id, of_type={dg.DagsterEventType.RUN_FAILURE}
+        ).records
+    ]
+    with dg.build_run_status_sensor_context(
+        sensor_name="failure_summary_sensor",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure,
+    ) as context:
+        failure_summary_sensor(context.for_run_failure())
+    return run
+
+
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: ClassVar[list] = []
 
@@ -79,20 +98,7 @@ def test_a_failed_partition_gets_a_summary_on_disk_and_on_the_webhook(
         raise_on_error=False,
     )
     assert not result.success
-    run = instance.get_run_by_id(result.run_id)
-    (failure,) = [
-        r.event_log_entry.dagster_event
-        for r in instance.get_records_for_run(
-            result.run_id, of_type={dg.DagsterEventType.RUN_FAILURE}
-        ).records
-    ]
-    with dg.build_run_status_sensor_context(
-        sensor_name="failure_summary_sensor",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=failure,
-    ) as context:
-        failure_summary_sensor(context.for_run_failure())
+    run = _sense_failure(instance, result.run_id)
 
     summary = (tmp_path / "home" / "failures" / f"{result.run_id}.md").read_text()
     assert f"- partition: `{night_field_key(NIGHT, FIELD)}`" in summary
@@ -118,20 +124,7 @@ def test_a_webhook_that_is_down_does_not_fail_the_sensor(tmp_path, monkeypatch):
         raise ValueError("raw_exposures/2026-01-07/F01.fits: truncated FITS")
 
     result = dg.materialize([broken], instance=instance, raise_on_error=False)
-    run = instance.get_run_by_id(result.run_id)
-    (failure,) = [
-        r.event_log_entry.dagster_event
-        for r in instance.get_records_for_run(
-            result.run_id, of_type={dg.DagsterEventType.RUN_FAILURE}
-        ).records
-    ]
-    with dg.build_run_status_sensor_context(
-        sensor_name="failure_summary_sensor",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=failure,
-    ) as context:
-        failure_summary_sensor(context.for_run_failure())
+    _sense_failure(instance, result.run_id)
     summary = (tmp_path / "home" / "failures" / f"{result.run_id}.md").read_text()
     assert "truncated FITS" in summary
     assert "raw_exposures/2026-01-07/F01.fits" in summary
