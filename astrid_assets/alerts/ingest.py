@@ -81,7 +81,7 @@ import polars as pl
 from astrid_assets.alerts.rubin import CUTOUTS, STAMP_SIZE, MalformedPacket, rubin_row
 
 # ZTF's own packet reader makes the triplet: blank pixels, CCD-edge padding, the sign.
-from astrid_assets.ml.ztf import _row as ztf_triplet
+from astrid_assets.ml.ztf import alert_row as ztf_triplet
 from astrid_assets.storage.atomic import atomic_write_bytes
 
 __all__ = [

@@ -77,6 +77,7 @@ __all__ = [
     "MalformedAlertWarning",
     "ZtfTriplets",
     "alert_files",
+    "alert_row",
     "drb_labels",
     "evaluate_against_drb",
     "known_asteroids",
@@ -288,7 +289,7 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             # A file fails as a whole on open (not Avro) or partway (truncated).
             for k, packet in enumerate(fastavro.reader(stream)):
                 try:
-                    rows.append(_row(packet, path))
+                    rows.append(alert_row(packet, path))
                 except Exception as exc:
                     problems.append(f"packet {k}: {_reason(exc)}")
     except Exception as exc:
@@ -297,8 +298,9 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, problems
 
 
-def _row(packet: dict[str, Any], path: Path) -> dict[str, Any]:
-    """One alert packet as the fields of a :class:`ZtfTriplets` row."""
+def alert_row(packet: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """One alert packet as the fields of a :class:`ZtfTriplets` row (its triplet oriented
+    by ``isdiffpos``); a malformed packet raises ValueError saying why."""
     candidate = packet.get("candidate")
     if not candidate:
         raise _Malformed("no candidate record")
