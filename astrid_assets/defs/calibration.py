@@ -31,7 +31,7 @@ from astrid_assets.science.processing import (
 )
 from astrid_assets.science.psf import InsufficientStarsError
 from astrid_assets.science.quality import QualityLimits, assess
-from astrid_assets.sources import RawExposure, SurveySource
+from astrid_assets.sources import CalibrationFrames, RawExposure, SurveySource
 
 __all__ = [
     "FrameQualityConfig",
@@ -39,7 +39,22 @@ __all__ = [
     "calibrated_exposures",
     "calibration_masters",
     "frame_row",
+    "night_masters",
 ]
+
+
+def night_masters(frames: CalibrationFrames) -> CalibrationMasters:
+    """The night's masters from its frames; none for a night that has neither
+    bias nor flat frames (its exposures must arrive calibrated)."""
+    if not frames.biases and not frames.flats:
+        return CalibrationMasters.delivered()
+    if not frames.biases or not frames.flats:
+        missing = "bias" if not frames.biases else "flat"
+        raise ValueError(
+            f"night {frames.night}: {len(frames.biases)} bias and {len(frames.flats)} flat "
+            f"frames; masters need both (no {missing} frames)"
+        )
+    return make_calibration_masters(frames.biases, frames.flats)
 
 
 def calibrate(
@@ -49,7 +64,14 @@ def calibrate(
     wcs = WCS(raw.header)
     if not wcs.has_celestial:
         raise ValueError(f"raw exposure {raw.field} {raw.night}: header has no celestial WCS")
-    if masters.bias.data.shape != raw.data.shape:
+    if masters.empty and not raw.calibrated:
+        raise ValueError(
+            f"raw exposure {raw.field} {raw.night} needs bias and flat frames; the night has "
+            "none (only exposures delivered calibrated can do without)"
+        )
+    if raw.calibrated:
+        masters = CalibrationMasters.delivered()
+    elif masters.bias.data.shape != raw.data.shape:
         raise ValueError(
             f"raw exposure {raw.field} {raw.night} is {raw.data.shape}, the night's masters "
             f"{masters.bias.data.shape}"
@@ -64,6 +86,7 @@ def calibrate(
             wcs=wcs.celestial,
             catalog=survey.catalog(raw.field),
             pixel_scale=survey.pixel_scale(),
+            header_zero_point=survey.stated_zero_point(raw),
         )
     except InsufficientStarsError as err:
         raise ValueError(f"exposure {raw.field} {raw.night}: {err}") from err
@@ -111,13 +134,25 @@ def frame_row(
     kinds={"fits"},
 )
 def calibration_masters(context: AssetExecutionContext, survey: SurveySource) -> Output:
-    """The night's master bias, master flat and bad-pixel mask, from its bias and flat frames."""
+    """The night's master bias, master flat and bad-pixel mask, from its bias and flat frames.
+
+    A night with neither (a source whose exposures arrive calibrated) gets
+    an empty set of masters, which only such exposures accept.
+    """
     night = context.partition_key
     started = time.perf_counter()
-    frames = survey.calibration_frames(night)
-    if not frames.biases or not frames.flats:
-        raise ValueError(f"night {night}: no bias or no flat frames to calibrate with")
-    masters = make_calibration_masters(frames.biases, frames.flats)
+    masters = night_masters(survey.calibration_frames(night))
+    if masters.empty:
+        context.log.info(f"night {night}: no bias or flat frames; exposures arrive calibrated")
+        return Output(
+            masters,
+            metadata={
+                "bias_frames": 0,
+                "flat_frames": 0,
+                "delivered_calibrated": True,
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
     bpm = masters.bad_pixels
     return Output(
         masters,

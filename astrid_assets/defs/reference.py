@@ -6,13 +6,12 @@ import numpy as np
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 from pydantic import Field
 
-from astrid_assets.defs.calibration import FrameQualityConfig, calibrate
+from astrid_assets.defs.calibration import FrameQualityConfig, calibrate, night_masters
 from astrid_assets.defs.previews import difference_preview
 from astrid_assets.partitions import field_partitions
 from astrid_assets.science.processing import (
     FieldReference,
     build_field_reference,
-    make_calibration_masters,
 )
 from astrid_assets.science.quality import assess
 from astrid_assets.science.reference import ReferenceConfig
@@ -53,8 +52,7 @@ def reference_images(
     limits = config.limits()
     for i, night in enumerate(nights, 1):
         context.log.info(f"{field}: template epoch {i}/{len(nights)} ({night})")
-        frames = survey.calibration_frames(night)
-        masters = make_calibration_masters(frames.biases, frames.flats)
+        masters = night_masters(survey.calibration_frames(night))
         processed = calibrate(survey.exposure(night, field), masters, survey)
         reasons = assess(processed.quality, limits)
         if processed.zero_point is None:

@@ -49,6 +49,7 @@ __all__ = [
     "MaskBit",
     "MasterBias",
     "MasterFlat",
+    "calibrate_delivered_frame",
     "calibrate_frame",
     "combine_frames",
     "detect_cosmic_rays",
@@ -984,3 +985,57 @@ def calibrate_frame(
         n_saturated=n_saturated,
         n_cosmic_ray_pixels=n_cr,
     )
+
+
+def calibrate_delivered_frame(
+    frame: np.ndarray,
+    *,
+    gain: float,
+    read_noise: float,
+    saturation: float | None,
+    bad_pixel_mask: BadPixelMask | np.ndarray | None = None,
+    cosmic_rays: CosmicRayConfig | None = _DEFAULT_COSMIC_RAYS,
+) -> CalibratedFrame:
+    """Mask, clean and give a variance to a frame its observatory already calibrated.
+
+    :func:`calibrate_frame`'s noise model counts the sky's photons, but a
+    delivered frame (an InstCal image, a warp, a stack) often had its sky
+    subtracted. Its sky noise ``sigma`` is measured instead (sigma-clipped)
+    and the frame is lifted by the pedestal that makes the photon model
+    reproduce it, ``P = gain sigma^2 - read_noise^2 / gain - median`` (0
+    when the sky is still in the frame), so cosmic rays are judged and the
+    variance computed as for a raw frame; the pedestal is taken off again.
+    No bias is subtracted and the flat is 1.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        The delivered 2-D image, in its own units (ADU-like; ``gain``
+        electrons per unit).
+    gain, read_noise, saturation, bad_pixel_mask, cosmic_rays
+        As for :func:`calibrate_frame`; ``saturation`` in the frame's units.
+    """
+    from astropy.stats import sigma_clipped_stats
+
+    if not (np.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons/ADU, got {gain!r}")
+    image = sep_ready(frame, name="delivered frame").astype(np.float32, copy=True)
+    finite = np.isfinite(image)
+    if not finite.any():
+        raise ValueError("delivered frame has no finite pixel")
+    _, median, std = sigma_clipped_stats(_subsample(image[finite]), sigma=3.0, maxiters=10)
+    photon_sky = gain * float(std) ** 2 - read_noise**2 / gain
+    pedestal = np.float32(max(photon_sky - float(median), 0.0))
+    image += pedestal
+    calibrated = calibrate_frame(
+        image,
+        0.0,
+        np.ones(image.shape, dtype=np.float32),
+        gain=gain,
+        read_noise=read_noise,
+        saturation=None if saturation is None else float(saturation) + float(pedestal),
+        bad_pixel_mask=bad_pixel_mask,
+        cosmic_rays=cosmic_rays,
+    )
+    calibrated.data -= pedestal
+    return calibrated

@@ -98,6 +98,15 @@ class ZeroPoint:
     n_stars: int
     n_matched: int
 
+    @classmethod
+    def stated(cls, zero_point: float) -> ZeroPoint:
+        """A zero point taken as given (a header's, a user's), not fitted: no stars, error NaN."""
+        value = float(zero_point)
+        if not np.isfinite(value):
+            raise ValueError(f"a stated zero point must be finite, got {zero_point!r}")
+        nan = float("nan")
+        return cls(zero_point=value, error=nan, scatter=nan, n_stars=0, n_matched=0)
+
     def magnitude(self, flux: np.ndarray | float) -> np.ndarray | float:
         """Magnitude of a flux in ADU (NaN where the flux is not positive)."""
         flux = np.asarray(flux, dtype=np.float64)

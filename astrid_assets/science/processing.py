@@ -23,6 +23,7 @@ from astrid_assets.science.calibration import (
     BadPixelMask,
     MasterBias,
     MasterFlat,
+    calibrate_delivered_frame,
     calibrate_frame,
     make_bad_pixel_mask,
     make_master_bias,
@@ -49,11 +50,25 @@ __all__ = [
 
 @dataclass
 class CalibrationMasters:
-    """A night's master bias, master flat and bad-pixel mask."""
+    """A night's master bias, master flat and bad-pixel mask.
 
-    bias: MasterBias
-    flat: MasterFlat
-    bad_pixels: BadPixelMask
+    All three are None for a night whose frames arrive calibrated (the
+    source delivered no bias or flat frames): :meth:`delivered`.
+    """
+
+    bias: MasterBias | None
+    flat: MasterFlat | None
+    bad_pixels: BadPixelMask | None
+
+    @classmethod
+    def delivered(cls) -> CalibrationMasters:
+        """No masters: the night's exposures were calibrated by their observatory."""
+        return cls(bias=None, flat=None, bad_pixels=None)
+
+    @property
+    def empty(self) -> bool:
+        """True when there are no masters to apply."""
+        return self.bias is None
 
 
 def make_calibration_masters(
@@ -178,7 +193,7 @@ class ProcessedExposure:
 
 def process_exposure(
     raw: np.ndarray,
-    masters: CalibrationMasters,
+    masters: CalibrationMasters | None,
     *,
     gain: float,
     read_noise: float,
@@ -186,15 +201,19 @@ def process_exposure(
     wcs: WCS | None = None,
     catalog: Table | None = None,
     pixel_scale: float | None = None,
+    header_zero_point: float | None = None,
 ) -> ProcessedExposure:
     """Calibrate a raw exposure and measure it.
 
     Parameters
     ----------
     raw : numpy.ndarray
-        Raw frame (ADU, bias included).
-    masters : CalibrationMasters
-        The night's masters.
+        Raw frame (ADU, bias included), or a frame its observatory already
+        calibrated when ``masters`` is None or empty.
+    masters : CalibrationMasters or None
+        The night's masters; None (or :meth:`CalibrationMasters.delivered`)
+        for a delivered calibrated frame
+        (:func:`~astrid_assets.science.calibration.calibrate_delivered_frame`).
     gain, read_noise, saturation : float
         e-/ADU, e-, raw ADU (bias included).
     wcs : astropy.wcs.WCS, optional
@@ -203,16 +222,24 @@ def process_exposure(
         Reference catalogue (ra, dec, mag[, mag_err]) for the zero point.
     pixel_scale : float, optional
         Arcseconds per pixel, for the seeing in arcseconds.
+    header_zero_point : float, optional
+        The zero point the frame's header states, used when no catalogue
+        calibrates the frame (``n_stars`` 0, error NaN).
     """
-    cal = calibrate_frame(
-        raw,
-        masters.bias,
-        masters.flat,
-        gain=gain,
-        read_noise=read_noise,
-        saturation=saturation,
-        bad_pixel_mask=masters.bad_pixels,
-    )
+    if masters is None or masters.empty:
+        cal = calibrate_delivered_frame(
+            raw, gain=gain, read_noise=read_noise, saturation=saturation
+        )
+    else:
+        cal = calibrate_frame(
+            raw,
+            masters.bias,
+            masters.flat,
+            gain=gain,
+            read_noise=read_noise,
+            saturation=saturation,
+            bad_pixel_mask=masters.bad_pixels,
+        )
     mask = cal.mask
     background = estimate_background(cal.data, mask=mask)
     data = background.subtract(cal.data).astype(np.float32)
@@ -237,6 +264,8 @@ def process_exposure(
             zero_point = fit_zero_point(sources, catalog, wcs=wcs)
         except ZeroPointError:
             zero_point = None
+    if zero_point is None and header_zero_point is not None:
+        zero_point = ZeroPoint.stated(header_zero_point)
     quality = frame_quality(
         background, psf, sources=sources, zero_point=zero_point, mask=mask, pixel_scale=pixel_scale
     )

@@ -27,6 +27,12 @@ __all__ = [
     "write_raw_exposure",
 ]
 
+# Where surveys state a frame's photometric zero point (the archives write
+# MAGZP; DECam and NOIRLab MAGZERO; SExtractor-style PHOTZP).
+# Set on a delivered file whose pixels the observatory already calibrated.
+CALIBRATED_KEYWORD = "ASTRCAL"
+ZERO_POINT_KEYWORDS = ("MAGZP", "MAGZERO", "MAGZPT", "PHOTZP", "ZEROPT")
+
 
 @dataclass
 class RawExposure:
@@ -44,6 +50,12 @@ class RawExposure:
     truth : astropy.table.Table or None
         What the simulator put in the frame (sources, transients); None for a
         real telescope.
+    calibrated : bool
+        True when the observatory's pipeline already removed the bias and
+        divided by the flat (DECam InstCal, ZTF sciimg, PS1 warps, stacks):
+        no masters are applied, only masking, cosmic rays and measurement.
+        SATURATE is then in the delivered pixel units and the sky may have
+        been subtracted.
     """
 
     night: str
@@ -51,6 +63,7 @@ class RawExposure:
     data: np.ndarray
     header: fits.Header
     truth: Table | None = None
+    calibrated: bool = False
 
     def require(self, keyword: str) -> float:
         """A numeric header value, or an error naming the exposure and the keyword."""
@@ -61,6 +74,16 @@ class RawExposure:
             raise ValueError(f"raw exposure {self.field} {self.night}: {keyword} is {value}")
         return value
 
+    def header_zero_point(self) -> float | None:
+        """The zero point the header states (``mag = ZP - 2.5 log10 pixel value``), if any."""
+        for keyword in ZERO_POINT_KEYWORDS:
+            value = self.header.get(keyword)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if np.isfinite(value):
+                return float(value)
+        return None
+
 
 def write_raw_exposure(exposure: RawExposure, path: Path) -> Path:
     """Write a raw exposure as a telescope would deliver it: header and pixels
@@ -68,7 +91,11 @@ def write_raw_exposure(exposure: RawExposure, path: Path) -> Path:
     from astrid_assets.science.fitsio import write_fits_atomic
 
     tables = {"TRUTH": exposure.truth} if exposure.truth is not None else None
-    return write_fits_atomic(path, {"RAW": (exposure.data, exposure.header)}, tables)
+    header = exposure.header
+    if exposure.calibrated:
+        header = header.copy()
+        header[CALIBRATED_KEYWORD] = (True, "pixels already bias-subtracted and flat-fielded")
+    return write_fits_atomic(path, {"RAW": (exposure.data, header)}, tables)
 
 
 def read_raw_exposure(path: str | Path, night: str, field: str) -> RawExposure:
@@ -83,7 +110,14 @@ def read_raw_exposure(path: str | Path, night: str, field: str) -> RawExposure:
                 truth = Table.read(hdul["TRUTH"])
     except OSError as err:
         raise FitsInputError(path, f"unreadable TRUTH table ({err})") from err
-    return RawExposure(night=night, field=field, data=image.data, header=image.header, truth=truth)
+    return RawExposure(
+        night=night,
+        field=field,
+        data=image.data,
+        header=image.header,
+        truth=truth,
+        calibrated=bool(image.header.get(CALIBRATED_KEYWORD, False)),
+    )
 
 
 @dataclass
@@ -149,6 +183,16 @@ class SurveySource(ConfigurableResource):
 
     def pixel_scale(self) -> float | None:
         """Arcseconds per pixel, when the survey has one."""
+        return None
+
+    def stated_zero_point(self, exposure: RawExposure) -> float | None:
+        """The zero point to use when the catalogue does not calibrate ``exposure``:
+        the one its header states, if any."""
+        return exposure.header_zero_point()
+
+    def nights(self) -> list[str] | None:
+        """The nights the source holds, when it knows them (a folder, an archive
+        query); None for a survey that can make any night (the simulator)."""
         return None
 
     def grid_stars(self, field: str) -> np.ndarray | None:

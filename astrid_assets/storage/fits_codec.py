@@ -9,7 +9,8 @@ opens in ds9 or ``astropy.io.fits`` and reads as what it is:
 ``ASTRPROD``                  extensions
 ============================  ==================================================
 ``RawExposure``               RAW, TRUTH (the raw header is the primary header)
-``CalibrationMasters``        BIAS, BIASSTD, FLAT, BPM, LEVELS, BADCOLS
+``CalibrationMasters``        BIAS, BIASSTD, FLAT, BPM, LEVELS, BADCOLS (none, and
+                              DELIVCAL, for a night delivered calibrated)
 ``ProcessedExposure``         SCI, VAR, MASK, FLAGS, BKG, BKGRMS, PSF, SOURCES
 ``FieldReference``            SCI, BKG, VAR, MASK, NEPOCH, PSF, SOURCES, EPOCHS
 ``Subtraction``               D, SCORR, MASK, PSF, SCI, TRANSFORM
@@ -78,7 +79,14 @@ TILE_ROWS = 32
 SMOOTH_STEP = 0.01
 """Absolute quantization step of smooth maps (sky and its rms), ADU."""
 
-_OWN_KEYWORDS = (PRODUCT_KEYWORD, FORMAT_KEYWORD, HDU_COUNT_KEYWORD, "ASTRNGHT", "ASTRFLD")
+_OWN_KEYWORDS = (
+    PRODUCT_KEYWORD,
+    FORMAT_KEYWORD,
+    HDU_COUNT_KEYWORD,
+    "ASTRNGHT",
+    "ASTRFLD",
+    "ASTRCAL",
+)
 _HOUSEKEEPING = ("CHECKSUM", "DATASUM", "EXTNAME", "EXTVER")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _SUBTRACTIVE_DITHER_2 = 2  # keeps exact zeros (masked pixels) exact
@@ -410,6 +418,7 @@ def _encode_raw(raw: RawExposure, quantize_level: float) -> list:
     primary = fits.PrimaryHDU(header=header.copy())
     _put(primary.header, "ASTRNGHT", raw.night, "partition night (UTC date of the evening)")
     _put(primary.header, "ASTRFLD", raw.field, "partition field")
+    _put(primary.header, "ASTRCAL", bool(raw.calibrated), "delivered already calibrated")
     data = np.asarray(raw.data)
     integral = (
         data.dtype.kind in "iu"
@@ -434,6 +443,7 @@ def _decode_raw(r: _Reader) -> RawExposure:
         data=r.image("RAW"),
         header=_clean_header(primary),
         truth=r.table("TRUTH") if r.has("TRUTH") else None,
+        calibrated=bool(primary.get("ASTRCAL", False)),
     )
 
 
@@ -452,6 +462,9 @@ _MASTER_COUNTS: _Spec = (
 def _encode_masters(masters: CalibrationMasters, quantize_level: float) -> list:
     primary = fits.PrimaryHDU()
     h = primary.header
+    if masters.empty:
+        _put(h, "DELIVCAL", True, "frames arrive calibrated: no masters")
+        return [primary]
     _put(h, "BIASNFRM", masters.bias.n_frames, "bias frames combined")
     _put(h, "BIASRDN", masters.bias.read_noise, "[adu] read noise of one bias frame")
     _put(h, "FLATNFRM", masters.flat.n_frames, "flat frames combined")
@@ -470,6 +483,8 @@ def _encode_masters(masters: CalibrationMasters, quantize_level: float) -> list:
 
 def _decode_masters(r: _Reader) -> CalibrationMasters:
     h = r.header()
+    if h.get("DELIVCAL", False):
+        return CalibrationMasters.delivered()
     bias = MasterBias(
         data=r.image("BIAS"),
         n_frames=r.value(h, "BIASNFRM"),

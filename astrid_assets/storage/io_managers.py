@@ -60,6 +60,14 @@ __all__ = [
 NIGHT_DIMENSION = "night"
 
 
+def _expects_mapping(context: InputContext) -> bool:
+    """True when the input's annotation is a dict (one entry per upstream partition)."""
+    import typing
+
+    annotation = getattr(context.dagster_type, "typing_type", None)
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
 class _PartitionLayout(UPathIOManager):
     """``{asset}/{night}/{field}``: partition folders with the night first."""
 
@@ -76,6 +84,15 @@ class _PartitionLayout(UPathIOManager):
             return super().load_input(context)
         except Exception as err:
             raise self._translated("read", context, err) from err
+
+    def load_partitions(self, context: InputContext) -> Any:
+        """As Dagster's, but an input annotated as a dict of partitions gets a dict even
+        when one partition maps to it (a survey of one field, a night of one exposure)."""
+        loaded = super().load_partitions(context)
+        keys = context.asset_partition_keys
+        if len(keys) == 1 and _expects_mapping(context):
+            return {} if loaded is None else {keys[0]: loaded}
+        return loaded
 
     def _translated(
         self, action: str, context: InputContext | OutputContext, err: Exception
