@@ -30,12 +30,55 @@ __all__ = [
 ]
 
 
+def _source_options(s: Settings) -> dict[str, Any]:
+    """The source's settings from the YAML file ``ASTRID_SOURCE_CONFIG`` names."""
+    if s.source_config is None:
+        return {}
+    import yaml
+
+    try:
+        options = yaml.safe_load(s.source_config.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"ASTRID_SOURCE_CONFIG {s.source_config}: {err}") from err
+    if not isinstance(options, dict):
+        raise ValueError(f"ASTRID_SOURCE_CONFIG {s.source_config}: expected a mapping of settings")
+    return options
+
+
 def survey_source() -> SurveySource:
-    """The survey the graph runs on: the simulated survey, sized by the environment."""
+    """The survey the graph runs on, as ``ASTRID_SOURCE`` names it: the simulated
+    survey (sized by the environment), a folder of FITS, or an archive."""
+    from pydantic import ValidationError
+
     s = settings()
-    return SimulatedSurvey(
-        seed=s.sim_seed, n_fields=s.sim_fields, size=s.sim_size, start_night=s.sim_start
-    )
+    if s.source == "simulated":
+        return SimulatedSurvey(
+            seed=s.sim_seed, n_fields=s.sim_fields, size=s.sim_size, start_night=s.sim_start
+        )
+    options = _source_options(s)
+    if s.source == "local":
+        from astrid_assets.sources.local import LocalFitsSource as kind
+
+        if s.local_root:
+            options["root"] = s.local_root
+        if s.local_manifest:
+            options["manifest"] = s.local_manifest
+        if "root" not in options:
+            raise ValueError(
+                "ASTRID_SOURCE=local needs ASTRID_LOCAL_ROOT (or root: in ASTRID_SOURCE_CONFIG): "
+                "the folder or object-store prefix of the FITS files"
+            )
+    else:
+        from astrid_assets.sources import archives
+
+        kind = {"ztf": archives.ZtfSource, "ps1": archives.Ps1Source, "sdss": archives.SdssSource}[
+            s.source
+        ]
+    try:
+        return kind(**options)
+    except ValidationError as err:
+        where = s.source_config or "the environment"
+        raise ValueError(f"ASTRID_SOURCE={s.source} settings in {where}: {err}") from err
 
 
 def s3_options(s: Settings | None = None) -> Any:

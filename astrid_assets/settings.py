@@ -12,6 +12,12 @@ around:
 ``ASTRID_SIM_SIZE``, ``ASTRID_SIM_FIELDS``, ``ASTRID_SIM_SEED``, ``ASTRID_SIM_START``
     The simulated survey: detector side (2048), number of fields (4), seed,
     first night (2026-01-05).
+``ASTRID_SOURCE``
+    Where exposures come from: ``simulated`` (default), ``local`` (a folder
+    or object-store prefix of FITS, :class:`~astrid_assets.sources.LocalFitsSource`;
+    ``ASTRID_LOCAL_ROOT`` and optionally ``ASTRID_LOCAL_MANIFEST``), or the
+    archives ``ztf``, ``ps1``, ``sdss``. ``ASTRID_SOURCE_CONFIG`` names a
+    YAML file of the source's settings (its fields, archive URLs, ...).
 ``ASTRID_MAX_PROCESSES``
     Steps run at once inside one run (default: the number of CPUs).
 ``ASTRID_ENV``
@@ -42,6 +48,7 @@ from pathlib import Path
 
 __all__ = [
     "ENVIRONMENTS",
+    "SOURCES",
     "Settings",
     "configure_environment",
     "project_dir",
@@ -50,6 +57,7 @@ __all__ = [
 ]
 
 ENVIRONMENTS = ("local", "prod")
+SOURCES = ("simulated", "local", "ztf", "ps1", "sdss")
 
 
 def _positive(name: str, default: int) -> int:
@@ -86,6 +94,10 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_region: str = "auto"
     mlflow_experiment: str = "astrid"
+    source: str = "simulated"
+    source_config: Path | None = None
+    local_root: str | None = None
+    local_manifest: str | None = None
 
     @property
     def prod(self) -> bool:
@@ -126,6 +138,13 @@ def _environment() -> str:
     return env
 
 
+def _source() -> str:
+    source = (os.environ.get("ASTRID_SOURCE") or "simulated").strip().lower()
+    if source not in SOURCES:
+        raise ValueError(f"ASTRID_SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
+    return source
+
+
 def settings() -> Settings:
     """The current environment's settings."""
     home = Path(os.environ.get("ASTRID_HOME") or "astrid_home").resolve()
@@ -143,6 +162,12 @@ def settings() -> Settings:
         s3_endpoint_url=os.environ.get("ASTRID_S3_ENDPOINT_URL") or None,
         s3_region=os.environ.get("ASTRID_S3_REGION") or "auto",
         mlflow_experiment=os.environ.get("ASTRID_MLFLOW_EXPERIMENT") or "astrid",
+        source=_source(),
+        source_config=Path(os.environ["ASTRID_SOURCE_CONFIG"]).resolve()
+        if os.environ.get("ASTRID_SOURCE_CONFIG")
+        else None,
+        local_root=os.environ.get("ASTRID_LOCAL_ROOT") or None,
+        local_manifest=os.environ.get("ASTRID_LOCAL_MANIFEST") or None,
     )
 
 
