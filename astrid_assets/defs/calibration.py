@@ -58,9 +58,18 @@ def night_masters(frames: CalibrationFrames) -> CalibrationMasters:
 
 
 def calibrate(
-    raw: RawExposure, masters: CalibrationMasters, survey: SurveySource
+    raw: RawExposure,
+    masters: CalibrationMasters,
+    survey: SurveySource,
+    *,
+    fallback_zero_point: float | None = None,
 ) -> ProcessedExposure:
-    """Calibrate and measure a raw exposure with the night's masters and the field's catalogue."""
+    """Calibrate and measure a raw exposure with the night's masters and the field's catalogue.
+
+    The zero point is fitted against the catalogue; else it is the one the
+    header states; else ``fallback_zero_point`` (None: the frame stays
+    uncalibrated and the subtraction ties it to its reference).
+    """
     wcs = WCS(raw.header)
     if not wcs.has_celestial:
         raise ValueError(f"raw exposure {raw.field} {raw.night}: header has no celestial WCS")
@@ -86,7 +95,11 @@ def calibrate(
             wcs=wcs.celestial,
             catalog=survey.catalog(raw.field),
             pixel_scale=survey.pixel_scale(),
-            header_zero_point=survey.stated_zero_point(raw),
+            header_zero_point=(
+                stated
+                if (stated := survey.stated_zero_point(raw)) is not None
+                else fallback_zero_point
+            ),
         )
     except InsufficientStarsError as err:
         raise ValueError(f"exposure {raw.field} {raw.night}: {err}") from err

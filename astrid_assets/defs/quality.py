@@ -20,7 +20,7 @@ from astrid_assets.partitions import NIGHT, by_dimension, night_and_field, night
 from astrid_assets.science.injection import completeness_curve
 from astrid_assets.science.pipeline import difference_pair
 from astrid_assets.science.processing import FieldReference, ProcessedExposure
-from astrid_assets.science.survey import inject_fakes, recover_fakes
+from astrid_assets.science.survey import inject_fakes, recover_fakes, tie_to_reference
 from astrid_assets.sources import SurveySource
 
 __all__ = ["CompletenessConfig", "completeness_report"]
@@ -82,6 +82,8 @@ def completeness_report(
     for key in sorted(calibrated):
         processed = calibrated[key]
         _, field = night_and_field(key)
+        if field in references:  # a frame no catalogue calibrated takes its reference's scale
+            processed = tie_to_reference(processed, references[field], diff_config)
         if field not in references or processed.wcs is None or processed.zero_point is None:
             context.log.warning(f"{field} {night}: skipped (no reference, WCS or zero point)")
             continue

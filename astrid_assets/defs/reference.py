@@ -24,6 +24,11 @@ class ReferenceImageConfig(FrameQualityConfig):
     """How many of the template epochs go into the coadd, and the limits they must meet."""
 
     n_best: int = Field(default=3, ge=1, le=50, description="Epochs coadded, deepest first.")
+    instrumental_zero_point: float = Field(
+        default=25.0,
+        description="Zero point given to template epochs that neither a catalogue nor their "
+        "header calibrates; the field's magnitudes are then instrumental.",
+    )
 
 
 @asset(
@@ -50,16 +55,35 @@ def reference_images(
     started = time.perf_counter()
     epochs, rows = [], []
     limits = config.limits()
+    # Without a catalogue, an epoch whose header states no zero point is put on
+    # an instrumental scale; it is used only when no epoch is calibrated.
+    uncatalogued = len(survey.catalog(field)) == 0
+    instrumental: set[str] = set()
     for i, night in enumerate(nights, 1):
         context.log.info(f"{field}: template epoch {i}/{len(nights)} ({night})")
         masters = night_masters(survey.calibration_frames(night))
-        processed = calibrate(survey.exposure(night, field), masters, survey)
+        raw = survey.exposure(night, field)
+        fallback = None
+        if uncatalogued and survey.stated_zero_point(raw) is None:
+            fallback = config.instrumental_zero_point
+            instrumental.add(night)
+        processed = calibrate(raw, masters, survey, fallback_zero_point=fallback)
         reasons = assess(processed.quality, limits)
         if processed.zero_point is None:
             reasons.append("no zero point")
         rows.append((night, processed.quality.limiting_mag, processed.quality.fwhm_arcsec, reasons))
         if not reasons:
             epochs.append((processed.quality.limiting_mag, night, processed))
+    if instrumental and any(night not in instrumental for _, night, _ in epochs):
+        for night, _, _, reasons in rows:
+            if night in instrumental and not reasons:
+                reasons.append("no zero point (other epochs have one)")
+        epochs = [e for e in epochs if e[1] not in instrumental]
+    elif instrumental:
+        context.log.warning(
+            f"{field}: no catalogue and no zero point in the headers; the reference is on an "
+            f"instrumental scale (zero point {config.instrumental_zero_point})"
+        )
     if not epochs:
         detail = "; ".join(f"{n}: {', '.join(r)}" for n, _, _, r in rows)
         raise ValueError(f"field {field}: no template epoch within the quality limits ({detail})")
@@ -89,6 +113,9 @@ def reference_images(
             "nights_used": ", ".join(sorted(used)),
             "epochs": MetadataValue.md(table),
             "zero_point": round(float(prepared.zero_point or np.nan), 4),
+            "zero_point_from": "instrumental"
+            if used <= instrumental
+            else ("catalogue" if not uncatalogued else "header"),
             "seeing_px": round(float(prepared.fwhm), 3),
             "sources": len(prepared.sources),
             "masked_fraction": round(float(prepared.mask.mean()), 5),

@@ -660,6 +660,16 @@ def subtract_pair(
     return Subtraction(result=result, science=sci, registration=registration, timings=timings)
 
 
+def zero_point_through(reference_zero_point: float | None, flux_ratio: float) -> float | None:
+    """The zero point of a science image that has none, from its reference's and the
+    flux ratio a subtraction fitted (reference counts per science count); None when
+    the reference has none or the ratio is unusable."""
+    ratio = float(flux_ratio)
+    if reference_zero_point is None or not (np.isfinite(ratio) and ratio > 0):
+        return None
+    return float(reference_zero_point - 2.5 * np.log10(ratio))
+
+
 def detect_unvetted(
     subtraction: Subtraction, new: PreparedImage, ref: PreparedImage, config: DiffConfig
 ) -> Table:
@@ -669,11 +679,14 @@ def detect_unvetted(
         if len(ref.sources)
         else None
     )
+    zero_point = new.zero_point
+    if zero_point is None:
+        zero_point = zero_point_through(ref.zero_point, subtraction.result.flux_ratio)
     return detect_candidates(
         subtraction.result,
         config=DetectionConfig(threshold=config.threshold, stamp_size=config.stamp_size),
         wcs=ref.wcs,
-        zero_point=new.zero_point,
+        zero_point=zero_point,
         science=subtraction.science,
         reference=ref.data,
         reference_sources_xy=ref_xy,

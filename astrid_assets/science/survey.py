@@ -20,7 +20,14 @@ from astrid_assets.science.injection import (
     match_to_truth,
     place_sources,
 )
-from astrid_assets.science.pipeline import DiffConfig, DiffProducts, difference_pair
+from astrid_assets.science.photcal import ZeroPoint
+from astrid_assets.science.pipeline import (
+    DiffConfig,
+    DiffProducts,
+    difference_pair,
+    subtract_pair,
+    zero_point_through,
+)
 from astrid_assets.science.processing import (
     CalibrationMasters,
     FieldReference,
@@ -175,6 +182,20 @@ class NightResult:
     injection: InjectionRun | None
     false_candidates: int
     candidate_class: np.ndarray
+
+
+def tie_to_reference(
+    processed: ProcessedExposure, reference: FieldReference, config: DiffConfig | None = None
+) -> ProcessedExposure:
+    """``processed`` with a zero point, when it has none, from its reference's and the
+    flux ratio of their subtraction (as the candidates' magnitudes are tied)."""
+    if processed.zero_point is not None:
+        return processed
+    result = subtract_pair(processed.prepared(), reference.prepared, config).result
+    zero_point = zero_point_through(reference.prepared.zero_point, result.flux_ratio)
+    if zero_point is None:
+        return processed
+    return replace(processed, zero_point=ZeroPoint.stated(zero_point))
 
 
 def inject_fakes(

@@ -255,11 +255,6 @@ class LocalFitsSource(SurveySource):
         description="Earliest nights of a field that make its reference, when the manifest "
         "marks no reference.",
     )
-    default_zero_point: float | None = Field(
-        default=25.0,
-        description="Zero point of frames no header, manifest or catalogue calibrates; "
-        "their magnitudes are then instrumental. None: leave them uncalibrated.",
-    )
     endpoint_url: str | None = Field(
         default=None, description="S3 endpoint for an object-store root (keys from AWS_*)."
     )
@@ -606,10 +601,6 @@ class LocalFitsSource(SurveySource):
             biases=[self._read(f)[0] for f in biases],
             flats=[self._read(f)[0] for f in flats],
         )
-
-    def stated_zero_point(self, exposure: RawExposure) -> float | None:
-        stated = exposure.header_zero_point()
-        return stated if stated is not None else self.default_zero_point
 
     def catalog(self, field: str) -> Table:
         self._check_field(field)

@@ -162,7 +162,7 @@ files:
     assert science.header["AIRMASS"] == 1.7
     assert source.stated_zero_point(science) == 31.25
     reference = source.exposure("2016-08-17", "DECam-N6")
-    assert source.stated_zero_point(reference) == 25.0  # the instrumental default
+    assert source.stated_zero_point(reference) is None  # nothing states one
     assert source.calibration_frames("2018-08-03").biases == []
     with pytest.raises(ValueError, match="no exposure of field DECam-N6 on night 2018-08-04"):
         source.exposure("2018-08-04", "DECam-N6")
