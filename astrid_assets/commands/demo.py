@@ -134,14 +134,17 @@ class NightSummary:
     snr50: float | None
     fakes_snr_ge_10: int
     recovered_snr_ge_10: float | None
+    simulated: bool = True
 
     def describe(self, backfill_id: str | None = None) -> str:
         p = self.partitions
-        lines = [
-            f"\nnight {self.night}: {len(p)} field(s), {int(p['candidates'].sum())} candidates "
-            f"above 5σ, {int(p['matched'].sum())} of them matched to a simulated transient",
-            render(p, max_rows=100),
-        ]
+        found = f"\nnight {self.night}: {len(p)} field(s), {int(p['candidates'].sum())} candidates "
+        if self.simulated:
+            found += f"above 5σ, {int(p['matched'].sum())} of them matched to a simulated transient"
+        else:
+            found += "above 5σ (real exposures: no truth to match them to)"
+            p = p.drop("matched")
+        lines = [found, render(p, max_rows=100)]
         completeness = []
         if self.snr50 is not None and math.isfinite(self.snr50):
             completeness.append(f"50% of injected point sources recovered at S/N {self.snr50:.2f}")
@@ -173,7 +176,7 @@ class NightSummary:
         return "\n".join(lines)
 
 
-def night_summary(instance: DagsterInstance, night: str) -> NightSummary:
+def night_summary(instance: DagsterInstance, night: str, *, simulated: bool = True) -> NightSummary:
     """Read back what the graph stored for ``night``."""
     import duckdb
 
@@ -203,4 +206,5 @@ def night_summary(instance: DagsterInstance, night: str) -> NightSummary:
         snr50=None if snr50 is None else float(snr50),
         fakes_snr_ge_10=n10,
         recovered_snr_ge_10=float(injected["recovered"][0]) if n10 else None,
+        simulated=simulated,
     )
