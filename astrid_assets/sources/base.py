@@ -9,6 +9,7 @@ archives and a local folder of FITS sit beside it behind the same methods.
 
 from __future__ import annotations
 
+import datetime as dt
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "CalibrationFrames",
     "RawExposure",
     "SurveySource",
+    "night_of",
     "read_raw_exposure",
     "write_raw_exposure",
 ]
@@ -32,6 +34,16 @@ __all__ = [
 # Set on a delivered file whose pixels the observatory already calibrated.
 CALIBRATED_KEYWORD = "ASTRCAL"
 ZERO_POINT_KEYWORDS = ("MAGZP", "MAGZERO", "MAGZPT", "PHOTZP", "ZEROPT")
+
+
+MJD_EPOCH = dt.date(1858, 11, 17)
+
+
+def night_of(mjd: float, longitude: float | None = None) -> str:
+    """The night (``YYYY-MM-DD``, the local date of the evening) of an exposure
+    started at ``mjd`` at a site ``longitude`` degrees east (UTC when None)."""
+    local = float(mjd) + (longitude or 0.0) / 360.0
+    return (MJD_EPOCH + dt.timedelta(days=int(np.floor(local - 0.5)))).isoformat()
 
 
 @dataclass

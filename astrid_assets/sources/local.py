@@ -63,9 +63,9 @@ from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 from pydantic import Field
 
-from astrid_assets.sources.base import CalibrationFrames, RawExposure, SurveySource
+from astrid_assets.sources.base import CalibrationFrames, RawExposure, SurveySource, night_of
 
-__all__ = ["LocalFitsSource", "LocalFrame", "ManifestError", "night_of"]
+__all__ = ["LocalFitsSource", "LocalFrame", "ManifestError"]
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +85,11 @@ AUXILIARY_EXTENSIONS = {
 # IMAGETYP values of processed frames ("InstCal", "Stack") are not calibration frames.
 PROCESSED_TYPES = ("instcal", "stack", "resampled", "warp", "coadd", "reduced", "proc")
 MIN_SIDE = 32  # smaller 2-D HDUs are kernels, stamps and tables of numbers
-MJD_EPOCH = dt.date(1858, 11, 17)
 MANIFEST_KEYS = {"path", "hdu", "night", "field", "role", "zero_point", "calibrated", "header"}
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be used, with the file and the problem."""
-
-
-def night_of(mjd: float, longitude: float | None = None) -> str:
-    """The night (``YYYY-MM-DD``, the local date of the evening) of an exposure
-    started at ``mjd`` at a site ``longitude`` degrees east (UTC when None)."""
-    local = float(mjd) + (longitude or 0.0) / 360.0
-    return (MJD_EPOCH + dt.timedelta(days=int(np.floor(local - 0.5)))).isoformat()
 
 
 def _safe_name(text: str) -> str:

@@ -14,7 +14,8 @@ from astropy.wcs import WCS
 
 from astrid_assets.science.fitsio import FitsInputError
 from astrid_assets.science.processing import process_exposure
-from astrid_assets.sources.local import LocalFitsSource, ManifestError, night_of
+from astrid_assets.sources.base import night_of
+from astrid_assets.sources.local import LocalFitsSource, ManifestError
 
 SCIENCE = "Stack-DEC-OBS04.fits"
 REFERENCE = "Stack-DEC-OBS18.fits"
@@ -174,7 +175,7 @@ files:
     ("text", "message"),
     [
         ("files:\n  - path: a.fits\n    nite: 2020-01-01\n", "unknown key.*nite"),
-        ("files:\n  - path: a.fits\n    night: 2020-13-01\n", "not readable YAML.*month must be in 1..12"),
+        ("files:\n  - path: a.fits\n    night: 2020-13-01\n", "not readable YAML.*month must be"),
         ("files:\n  - path: a.fits\n    role: template\n", "role 'template' is not one of"),
         ("files:\n  - night: 2020-01-01\n", r"files\[0\] has no path"),
         ("- just a list\n", "expected a mapping"),
