@@ -22,6 +22,12 @@ HEADER_COLUMNS = {
     "gain": ("GAIN", float),
     "read_noise": ("RDNOISE", float),
     "saturation": ("SATURATE", float),
+    # What a survey's pipeline measured, as the archive clients write it
+    # (astrid_assets.archives.metadata): AB zero point, seeing FWHM in
+    # arcseconds, 5-sigma depth. Null when the header does not say.
+    "zero_point": ("MAGZP", float),
+    "seeing": ("SEEING", float),
+    "limiting_mag": ("MAGLIM", float),
 }
 
 
@@ -30,7 +36,11 @@ def exposure_row(exposure: RawExposure) -> pl.DataFrame:
     row: dict[str, object] = {"night": exposure.night, "field": exposure.field}
     for column, (keyword, kind) in HEADER_COLUMNS.items():
         value = exposure.header.get(keyword)
-        row[column] = None if value is None else kind(value)
+        try:
+            row[column] = None if value in (None, "") else kind(value)
+        except (TypeError, ValueError):
+            row[column] = None  # a header value that is not what the column holds
+    row["calibrated"] = bool(exposure.calibrated)
     ny, nx = exposure.data.shape
     row["nx"], row["ny"] = nx, ny
     row["n_truth"] = None if exposure.truth is None else len(exposure.truth)
