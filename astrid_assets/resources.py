@@ -42,7 +42,18 @@ def _source_options(s: Settings) -> dict[str, Any]:
         raise ValueError(f"ASTRID_SOURCE_CONFIG {s.source_config}: {err}") from err
     if not isinstance(options, dict):
         raise ValueError(f"ASTRID_SOURCE_CONFIG {s.source_config}: expected a mapping of settings")
-    return options
+    return _dates_as_text(options)
+
+
+def _dates_as_text(value: Any) -> Any:
+    """YAML reads ``2020-02-01`` as a date; the sources take nights as text."""
+    import datetime as dt
+
+    if isinstance(value, dict):
+        return {k: _dates_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(v) for v in value]
+    return value.isoformat() if isinstance(value, dt.date) else value
 
 
 def survey_source() -> SurveySource:
