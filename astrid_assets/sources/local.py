@@ -49,12 +49,15 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import hashlib
 import io
+import json
 import logging
 import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,6 +225,101 @@ def _centre(header: fits.Header) -> tuple[float, float] | None:
     return float(ra), float(dec)
 
 
+# What the index keeps of each science extension's (merged) header.
+INDEX_KEYWORDS = (
+    "MJD-OBS", "DATE-OBS", "TIME-OBS", "EXTNAME", "NAXIS1", "NAXIS2", "PROCTYPE", "PRODTYPE",
+    "NCOMBINE", *FIELD_KEYWORDS, *LONGITUDE_KEYWORDS, *TYPE_KEYWORDS,
+)  # fmt: skip
+INDEX_VERSION = 1
+
+
+def _is_wcs_keyword(keyword: str) -> bool:
+    return bool(
+        re.match(r"^(CRVAL|CRPIX|CDELT|CTYPE|CUNIT|CD\d|PC\d|PV\d|WCSAXES|LONPOLE)", keyword)
+    )
+
+
+def _summaries(hdul: fits.HDUList) -> list[dict[str, Any]]:
+    """What the source needs of each science extension: a few cards, the centre, the shape."""
+    out = []
+    for index in _science_hdus(hdul):
+        header = _merged_header(hdul, index)
+        cards = {k: header[k] for k in INDEX_KEYWORDS if k in header and _plain(header[k])}
+        out.append(
+            {
+                "hdu": index,
+                "extname": str(hdul[index].header.get("EXTNAME", "")).strip(),
+                "cards": cards,
+                "centre": _centre(header),
+                "shape": [int(header["NAXIS2"]), int(header["NAXIS1"])],
+            }
+        )
+    return out
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) and not (
+        isinstance(value, float) and not np.isfinite(value)
+    )
+
+
+class _HeaderIndex:
+    """The summaries of the files already read, keyed by path and checked by size and
+    modification time (or ETag), kept in a JSON file between processes."""
+
+    def __init__(self, source: LocalFitsSource, path: str | None) -> None:
+        self.source = source
+        self.path = path
+        self.entries: dict[str, Any] = {}
+        self.changed = False
+        if path:
+            try:
+                content = json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                content = {}
+            if content.get("version") == INDEX_VERSION and content.get("root") == source.root:
+                self.entries = content.get("files", {})
+
+    def _signature(self, relative: str) -> str:
+        target = self.source._upath(relative)
+        info = target.fs.info(target.path)
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
+        return f"{info.get('size')}:{stamp}"
+
+    def summaries(self, relative: str, problems: list[str]) -> list[dict[str, Any]]:
+        try:
+            signature = self._signature(relative)
+        except OSError as err:
+            problems.append(f"{relative}: cannot be listed ({err})")
+            return []
+        known = self.entries.get(relative)
+        if known and known["signature"] == signature:
+            if known.get("problem"):
+                problems.append(known["problem"])
+            return known["hdus"]
+        entry: dict[str, Any] = {"signature": signature, "hdus": []}
+        try:
+            with self.source._open(relative) as hdul:
+                entry["hdus"] = _summaries(hdul)
+        except (OSError, ValueError, EOFError, TypeError) as err:
+            entry["problem"] = f"{relative}: unreadable FITS ({err})"
+            problems.append(entry["problem"])
+        self.entries[relative] = entry
+        self.changed = True
+        return entry["hdus"]
+
+    def save(self) -> None:
+        if not (self.path and self.changed):
+            return
+        from astrid_assets.storage.atomic import atomic_write_bytes
+
+        content = {"version": INDEX_VERSION, "root": self.source.root, "files": self.entries}
+        try:
+            atomic_write_bytes(Path(self.path), json.dumps(content, default=str).encode())
+        except OSError as err:  # a read-only home only costs the next load its time
+            log.warning("LocalFitsSource: header index %s not written (%s)", self.path, err)
+
+
 class LocalFitsSource(SurveySource):
     """FITS files under a folder or object-store prefix, sorted into nights and fields."""
 
@@ -249,6 +347,12 @@ class LocalFitsSource(SurveySource):
     )
     endpoint_url: str | None = Field(
         default=None, description="S3 endpoint for an object-store root (keys from AWS_*)."
+    )
+    index_cache: str | None = Field(
+        default=None,
+        description="JSON file keeping the headers already read, so that each step's "
+        "code-location load reads only new or changed files (default: under ASTRID_HOME's "
+        "cache/; an empty string turns it off).",
     )
 
     # ------------------------------------------------------------------ files
@@ -355,36 +459,52 @@ class LocalFitsSource(SurveySource):
         frames: list[LocalFrame] = []
         problems: list[str] = []
         defaults = self._manifest["defaults"]
+        index = self._index()
         for path in self._files():
-            try:
-                hdul = self._open(path)
-            except (OSError, ValueError, EOFError) as err:
-                problems.append(f"{path}: unreadable FITS ({err})")
-                continue
-            with hdul:
-                indices = _science_hdus(hdul)
-                for index in indices:
-                    extname = str(hdul[index].header.get("EXTNAME", "")).strip()
-                    entry = self._entry(path, index, extname)
-                    if entry is None and self._manifest["only_listed"]:
-                        continue
-                    entry = {**defaults, **(entry or {})}
-                    header = _merged_header(hdul, index)
-                    header.update(entry.get("header") or {})
-                    frame = self._frame(path, index, extname, header, entry, len(indices) > 1)
-                    if frame.role == "skip":
-                        continue
-                    if frame.night is None:
-                        problems.append(
-                            f"{frame.name}: no MJD-OBS or DATE-OBS; give its night in the manifest"
-                        )
-                        continue
-                    frames.append(frame)
+            summaries = index.summaries(path, problems)
+            for summary in summaries:
+                hdu, extname = summary["hdu"], summary["extname"]
+                entry = self._entry(path, hdu, extname)
+                if entry is None and self._manifest["only_listed"]:
+                    continue
+                entry = {**defaults, **(entry or {})}
+                header = fits.Header(summary["cards"])
+                overrides = entry.get("header") or {}
+                header.update(overrides)
+                centre = summary["centre"]
+                if any(_is_wcs_keyword(k) for k in overrides):  # the manifest moves the frame
+                    with self._open(path) as hdul:
+                        full = _merged_header(hdul, hdu)
+                    full.update(overrides)
+                    centre = _centre(full)
+                frame = self._frame(path, hdu, extname, header, entry, len(summaries) > 1)
+                frame.centre = None if centre is None else (float(centre[0]), float(centre[1]))
+                frame.shape = (int(summary["shape"][0]), int(summary["shape"][1]))
+                if frame.role == "skip":
+                    continue
+                if frame.night is None:
+                    problems.append(
+                        f"{frame.name}: no MJD-OBS or DATE-OBS; give its night in the manifest"
+                    )
+                    continue
+                frames.append(frame)
+        index.save()
         self._name_unnamed_fields(frames, problems)
         placed = [f for f in frames if f.field is not None or f.role in ("bias", "flat")]
         for problem in problems:
             log.warning("LocalFitsSource %s: %s", self.root, problem)
         return placed, problems
+
+    def _index(self) -> _HeaderIndex:
+        """The headers read before, unless ``index_cache`` is off."""
+        if self.index_cache == "":
+            return _HeaderIndex(self, None)
+        if self.index_cache:
+            return _HeaderIndex(self, self.index_cache)
+        from astrid_assets.settings import settings
+
+        digest = hashlib.sha256(self.root.encode()).hexdigest()[:16]
+        return _HeaderIndex(self, str(settings().home / "cache" / f"local-fits-{digest}.json"))
 
     def _frame(
         self, path: str, index: int, extname: str, header: fits.Header, entry: dict, multi: bool
@@ -418,8 +538,8 @@ class LocalFitsSource(SurveySource):
             night=night,
             field=field_name,
             mjd=mjd,
-            centre=_centre(header),
-            shape=(int(header["NAXIS2"]), int(header["NAXIS1"])),
+            centre=None,  # set by the caller from the header index
+            shape=(0, 0),
             calibrated=None if calibrated is None else bool(calibrated),
             zero_point=None if zero_point is None else float(zero_point),
             header_cards=cards,

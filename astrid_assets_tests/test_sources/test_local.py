@@ -283,3 +283,31 @@ def test_an_object_store_prefix_is_a_source(decam, tmp_path, monkeypatch):
         exposure = source.exposure("2018-08-03", "N6")
         np.testing.assert_array_equal(exposure.data, _hdu(decam, SCIENCE)[0])
         assert source.template_nights("N6") == ["2016-08-17"]
+
+
+def test_the_header_index_rereads_only_new_and_changed_files(decam, tmp_path, monkeypatch):
+    data, header = _hdu(decam, SCIENCE)
+    root = tmp_path / "frames"
+    root.mkdir()
+    for i in range(3):
+        _write(root / f"f{i}.fits", data, header, OBJECT="A", MJD_OBS=58334.39 + i)
+    index = tmp_path / "index.json"
+    opened: list[str] = []
+    real_open = LocalFitsSource._open
+
+    def counting_open(self, relative):
+        opened.append(relative)
+        return real_open(self, relative)
+
+    monkeypatch.setattr(LocalFitsSource, "_open", counting_open)
+    first = LocalFitsSource(root=str(root), index_cache=str(index))
+    assert first.fields() == ["A"] and sorted(opened) == ["f0.fits", "f1.fits", "f2.fits"]
+
+    opened.clear()
+    (root / "f1.fits").unlink()
+    _write(root / "f1.fits", data, header, OBJECT="B", MJD_OBS=58335.39)
+    _write(root / "f3.fits", data, header, OBJECT="B", MJD_OBS=58336.39)
+    second = LocalFitsSource(root=str(root), index_cache=str(index))
+    assert second.fields() == ["A", "B"]
+    assert sorted(opened) == ["f1.fits", "f3.fits"]  # f0 and f2 came from the index
+    assert second.nights() == ["2018-08-05"]  # each field's first night is its template
