@@ -79,6 +79,8 @@ def survey_source() -> SurveySource:
                 "ASTRID_SOURCE=local needs ASTRID_LOCAL_ROOT (or root: in ASTRID_SOURCE_CONFIG): "
                 "the folder or object-store prefix of the FITS files"
             )
+        if str(options["root"]).startswith("s3://") and s.s3_endpoint_url:
+            options.setdefault("endpoint_url", s.s3_endpoint_url)  # the store's own endpoint
     else:
         from astrid_assets.sources import archives
 
