@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from astrid_assets.resources import survey_source
+from astrid_assets.sources.base import validate_night
 
 __all__ = [
     "FIELD",
@@ -48,17 +49,6 @@ night_field_partitions = MultiPartitionsDefinition(
 def night_field_key(night: str, field: str) -> MultiPartitionKey:
     """The partition key of one night and field."""
     return MultiPartitionKey({NIGHT: night, FIELD: field})
-
-
-def validate_night(night: str) -> str:
-    """``night`` if it is a ``YYYY-MM-DD`` date, else a ValueError saying so."""
-    try:
-        dt.date.fromisoformat(night)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"a night is a date YYYY-MM-DD, got {night!r}") from err
-    if len(night) != 10:
-        raise ValueError(f"a night is a date YYYY-MM-DD, got {night!r}")
-    return night
 
 
 def nights_between(start: str, end: str) -> list[str]:

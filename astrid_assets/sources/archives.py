@@ -75,7 +75,13 @@ from astrid_assets.archives.metadata import ArchiveImage
 from astrid_assets.archives.ps1 import PS1_PIXEL_SCALE, PS1_URL
 from astrid_assets.archives.sdss import SDSS_DATA_URL, SKYSERVER_URL
 from astrid_assets.archives.ztf import IRSA_URL, PALOMAR_LONGITUDE
-from astrid_assets.sources.base import CalibrationFrames, RawExposure, SurveySource, night_of
+from astrid_assets.sources.base import (
+    CalibrationFrames,
+    RawExposure,
+    SurveySource,
+    night_of,
+    validate_night,
+)
 from astrid_assets.storage.object_store import S3Options, is_remote
 
 __all__ = [
@@ -102,12 +108,9 @@ def _mjd_of_night(night: str) -> float:
 
 def _check_night(night: str, what: str) -> str:
     try:
-        dt.date.fromisoformat(night)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{what} must be a night YYYY-MM-DD, got {night!r}") from err
-    if len(night) != 10:
-        raise ValueError(f"{what} must be a night YYYY-MM-DD, got {night!r}")
-    return night
+        return validate_night(night)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from err
 
 
 def _day_before(night: str) -> str:

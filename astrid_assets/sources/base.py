@@ -26,6 +26,7 @@ __all__ = [
     "SurveySource",
     "night_of",
     "read_raw_exposure",
+    "validate_night",
     "write_raw_exposure",
 ]
 
@@ -44,6 +45,17 @@ def night_of(mjd: float, longitude: float | None = None) -> str:
     started at ``mjd`` at a site ``longitude`` degrees east (UTC when None)."""
     local = float(mjd) + (longitude or 0.0) / 360.0
     return (MJD_EPOCH + dt.timedelta(days=int(np.floor(local - 0.5)))).isoformat()
+
+
+def validate_night(night: str) -> str:
+    """``night`` if it is a ``YYYY-MM-DD`` date, else a ValueError saying so."""
+    try:
+        dt.date.fromisoformat(night)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"a night is a date YYYY-MM-DD, got {night!r}") from err
+    if len(night) != 10:
+        raise ValueError(f"a night is a date YYYY-MM-DD, got {night!r}")
+    return night
 
 
 @dataclass

@@ -447,7 +447,7 @@ def test_a_ps1_night_without_a_warp_is_refused_naming_field_and_night(
     source = ps1_source(ps1, tmp_path / "cache")
     with pytest.raises(ValueError, match=r"PS1 field sn2012 night 2012-03-14: .*no warp"):
         source.exposure("2012-03-14", "sn2012")
-    with pytest.raises(ValueError, match="night YYYY-MM-DD"):
+    with pytest.raises(ValueError, match="a date YYYY-MM-DD"):
         source.exposure("March 14", "sn2012")
 
 
