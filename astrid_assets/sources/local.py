@@ -348,6 +348,12 @@ class LocalFitsSource(SurveySource):
     endpoint_url: str | None = Field(
         default=None, description="S3 endpoint for an object-store root (keys from AWS_*)."
     )
+    catalog_path: str | None = Field(
+        default=None,
+        description="Photometric catalogue (FITS, CSV, ECSV or Parquet; columns ra, dec, mag "
+        "and optionally mag_err, degrees and the frames' band) to fit zero points against; "
+        "without one a frame's zero point is its header's, or its reference's.",
+    )
     index_cache: str | None = Field(
         default=None,
         description="JSON file keeping the headers already read, so that each step's "
@@ -714,9 +720,44 @@ class LocalFitsSource(SurveySource):
             flats=[self._read(f)[0] for f in flats],
         )
 
+    @cached_property
+    def _catalogue(self) -> Table | None:
+        if not self.catalog_path:
+            return None
+        try:
+            table = Table.read(self.catalog_path)
+        except Exception as err:  # astropy raises many kinds for a file it cannot read
+            raise ValueError(f"catalogue {self.catalog_path}: unreadable ({err})") from err
+        names = {name.lower(): name for name in table.colnames}
+        missing = [c for c in ("ra", "dec", "mag") if c not in names]
+        if missing:
+            raise ValueError(
+                f"catalogue {self.catalog_path}: no column {', '.join(missing)} "
+                f"(it has {', '.join(table.colnames)})"
+            )
+        columns = [c for c in ("ra", "dec", "mag", "mag_err") if c in names]
+        return Table({c: np.asarray(table[names[c]], dtype=float) for c in columns})
+
     def catalog(self, field: str) -> Table:
+        """The catalogue's stars on and around the field's grid (half a grid beyond
+        each edge, for frames that point a little off); empty without a catalogue."""
         self._check_field(field)
-        return Table(names=("ra", "dec", "mag"), dtype=("f8", "f8", "f8"))
+        table = self._catalogue
+        if table is None or len(table) == 0:
+            return Table(names=("ra", "dec", "mag"), dtype=("f8", "f8", "f8"))
+        wcs, (ny, nx) = self.grid(field)
+        x, y = wcs.world_to_pixel_values(np.asarray(table["ra"]), np.asarray(table["dec"]))
+        margin = 0.5 * max(nx, ny)
+        keep = (
+            np.isfinite(x)
+            & np.isfinite(y)
+            & (x > -margin)
+            & (x < nx + margin)
+            & (y > -margin)
+            & (y < ny + margin)
+            & np.isfinite(np.asarray(table["mag"]))
+        )
+        return table[keep]
 
     def grid(self, field: str) -> tuple[WCS, tuple[int, int]]:
         """The WCS and shape of the field's first template frame: the reference's grid."""

@@ -311,3 +311,50 @@ def test_the_header_index_rereads_only_new_and_changed_files(decam, tmp_path, mo
     assert second.fields() == ["A", "B"]
     assert sorted(opened) == ["f1.fits", "f3.fits"]  # f0 and f2 came from the index
     assert second.nights() == ["2018-08-05"]  # each field's first night is its template
+
+
+def test_a_catalogue_calibrates_the_frames(decam, tmp_path):
+    """Stars of the frame written with mag = 28 - 2.5 log10(flux): the zero point
+    fitted through the source's catalogue must come back as 28."""
+    from astropy.table import Table
+
+    from astrid_assets.defs.calibration import calibrate
+    from astrid_assets.science.processing import CalibrationMasters
+
+    data, header = _hdu(decam, SCIENCE)
+    measured = process_exposure(
+        data,
+        None,
+        gain=float(header["GAIN"]),
+        read_noise=float(header["RDNOISE"]),
+        saturation=float(header["SATURATE"]),
+        wcs=WCS(header).celestial,
+    ).sources
+    bright = measured[(measured["snr"] > 20) & ~measured["saturated"]]
+    catalogue = Table(
+        {
+            "RA": np.append(np.asarray(bright["ra"]), header["CRVAL1"] + 5.0),  # one far away
+            "Dec": np.append(np.asarray(bright["dec"]), header["CRVAL2"]),
+            "mag": np.append(28.0 - 2.5 * np.log10(np.asarray(bright["flux"])), 15.0),
+            "mag_err": np.full(len(bright) + 1, 0.01),
+        }
+    )
+    path = tmp_path / "stars.ecsv"
+    catalogue.write(path)
+    root = tmp_path / "frames"
+    root.mkdir()
+    _write(root / "sci.fits", data, header, OBJECT="N6")
+    _write(root / "ref.fits", data, header, OBJECT="N6", MJD_OBS=57000.2)
+    source = LocalFitsSource(root=str(root), catalog_path=str(path))
+
+    assert len(source.catalog("N6")) == len(bright)  # the far star is not the field's
+    night = source.nights()[0]
+    processed = calibrate(source.exposure(night, "N6"), CalibrationMasters.delivered(), source)
+    assert processed.zero_point.n_stars >= 5
+    assert processed.zero_point.zero_point == pytest.approx(28.0, abs=0.05)
+
+    catalogue.remove_column("mag")
+    catalogue.write(tmp_path / "nomag.ecsv")
+    broken = LocalFitsSource(root=str(root), catalog_path=str(tmp_path / "nomag.ecsv"))
+    with pytest.raises(ValueError, match=r"nomag\.ecsv: no column mag"):
+        broken.catalog("N6")
