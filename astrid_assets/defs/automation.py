@@ -183,13 +183,33 @@ def _landed_nights(landing: Path) -> dict[str, list[str]]:
     return found
 
 
+def _unprocessed_source_nights(instance) -> dict[str, list[str]]:
+    """The nights a folder (or archive) source holds whose candidates are not all made
+    yet, with their fields; empty for the simulated survey."""
+    from dagster import AssetKey
+
+    from astrid_assets.resources import survey_source
+
+    held = survey_source().night_fields()
+    if not held:
+        return {}
+    known = set(field_partitions.get_partition_keys())
+    done = {str(k) for k in instance.get_materialized_partitions(AssetKey("candidates"))}
+    found = {}
+    for night, fields in held.items():
+        fields = [f for f in fields if f in known]  # a new field needs a code-location reload
+        if any(str(night_field_key(night, f)) not in done for f in fields):
+            found[night] = fields
+    return found
+
+
 @sensor(
     target=list(NIGHT_FIELD_ASSETS),
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.STOPPED,
     description="Watches the landing directory for a new night's exposures "
-    "(LANDING/YYYY-MM-DD/FIELD.fits); adds the night and launches a backfill over the "
-    "fields delivered.",
+    "(LANDING/YYYY-MM-DD/FIELD.fits), and a folder source (ASTRID_SOURCE=local) for nights "
+    "not processed yet; adds the night and launches a backfill over its fields.",
 )
 def landing_sensor(context: SensorEvaluationContext):
     from astrid_assets.settings import settings
@@ -197,9 +217,11 @@ def landing_sensor(context: SensorEvaluationContext):
     landing = settings().landing
     seen = json.loads(context.cursor) if context.cursor else {}
     delivered = _landed_nights(landing)
+    for night, fields in _unprocessed_source_nights(context.instance).items():
+        delivered[night] = sorted(set(delivered.get(night, [])) | set(fields))
     fresh = {n: f for n, f in delivered.items() if seen.get(n) != f}
     if not fresh:
-        return SkipReason(f"no new night in {landing}")
+        return SkipReason(f"no new night in {landing} or the source")
     graph = _asset_graph()
     new_nights = [
         n for n in fresh if not context.instance.has_dynamic_partition(night_partitions.name, n)

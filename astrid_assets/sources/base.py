@@ -219,6 +219,11 @@ class SurveySource(ConfigurableResource):
         query); None for a survey that can make any night (the simulator)."""
         return None
 
+    def night_fields(self) -> dict[str, list[str]] | None:
+        """The fields each of :meth:`nights` has exposures of; None when the source
+        does not hold its nights (the landing sensor watches what it returns)."""
+        return None
+
     def grid_stars(self, field: str) -> np.ndarray | None:
         """(N, 2) bright catalogue stars on the field's grid, brightest first."""
         from astrid_assets.science.survey import catalog_stars_on_grid

@@ -616,6 +616,13 @@ class LocalFitsSource(SurveySource):
         }
         return sorted(n for n in searched if n is not None)
 
+    def night_fields(self) -> dict[str, list[str]] | None:
+        held: dict[str, set[str]] = {}
+        for frame in self._of("science"):
+            if frame.night not in self._auto_templates(frame.field):  # type: ignore[arg-type]
+                held.setdefault(frame.night, set()).add(frame.field)  # type: ignore[arg-type]
+        return {night: sorted(fields) for night, fields in sorted(held.items())}
+
     def first_night(self) -> str:
         nights = self.nights()
         if not nights:

@@ -113,3 +113,39 @@ def test_a_delivered_exposure_is_read_from_the_landing_directory(tmp_path):
     simulated = SimulatedSurvey(size=256).exposure("2026-01-09", "F02")
     assert (landed.data == simulated.data).all()
     assert len(landed.truth) == len(simulated.truth)
+
+
+def test_landing_sensor_runs_the_unprocessed_nights_of_a_folder_source(
+    instance, tmp_path, monkeypatch, real_data
+):
+    """A folder source's nights are runs until their candidates exist; the folder's
+    field is named F01 so that it is one of this code location's field partitions."""
+    from astrid_assets.sources import LocalFitsSource
+
+    monkeypatch.setenv("ASTRID_HOME", str(tmp_path))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "only_listed: true\ndefaults: {field: F01}\nfiles:\n"
+        "  - {path: Stack-DEC-OBS18.fits, night: 2016-08-17, role: reference}\n"
+        "  - {path: Stack-DEC-OBS04.fits, night: 2018-08-03}\n"
+    )
+    folder = LocalFitsSource(root=str(real_data / "images" / "decam_sfft"), manifest=str(manifest))
+    monkeypatch.setattr("astrid_assets.resources.survey_source", lambda: folder)
+
+    result = landing_sensor(dg.build_sensor_context(instance=instance))
+    (request,) = result.run_requests
+    targeted = _pairs(request.asset_graph_subset)
+    assert ("candidates", str(night_field_key("2018-08-03", "F01"))) in targeted
+    assert not any("2016-08-17" in key for _, key in targeted)  # the reference's night
+    (add,) = result.dynamic_partitions_requests
+    assert add.partition_keys == ["2018-08-03"]
+    again = landing_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+    assert isinstance(again, dg.SkipReason)
+
+    # Once its candidates are made the night is done, whatever the cursor says.
+    instance.add_dynamic_partitions("night", ["2018-08-03"])
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("candidates", partition=str(night_field_key("2018-08-03", "F01")))
+    )
+    done = landing_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(done, dg.SkipReason)
