@@ -483,9 +483,7 @@ class LocalFitsSource(SurveySource):
                         full = _merged_header(hdul, hdu)
                     full.update(overrides)
                     centre = _centre(full)
-                frame = self._frame(path, hdu, extname, header, entry, len(summaries) > 1)
-                frame.centre = None if centre is None else (float(centre[0]), float(centre[1]))
-                frame.shape = (int(summary["shape"][0]), int(summary["shape"][1]))
+                frame = self._frame(path, summary, header, entry, len(summaries) > 1, centre)
                 if frame.role == "skip":
                     continue
                 if frame.night is None:
@@ -513,8 +511,17 @@ class LocalFitsSource(SurveySource):
         return _HeaderIndex(self, str(settings().home / "cache" / f"local-fits-{digest}.json"))
 
     def _frame(
-        self, path: str, index: int, extname: str, header: fits.Header, entry: dict, multi: bool
+        self,
+        path: str,
+        summary: dict[str, Any],
+        header: fits.Header,
+        entry: dict,
+        multi: bool,
+        centre: Any,
     ) -> LocalFrame:
+        """One extension as a frame: its header (the manifest's cards applied) and the
+        manifest's entry decide its night, field, role and calibration."""
+        index, extname = summary["hdu"], summary["extname"]
         mjd = _mjd(header)
         longitude = self.site_longitude
         if longitude is None:
@@ -544,8 +551,8 @@ class LocalFitsSource(SurveySource):
             night=night,
             field=field_name,
             mjd=mjd,
-            centre=None,  # set by the caller from the header index
-            shape=(0, 0),
+            centre=None if centre is None else (float(centre[0]), float(centre[1])),
+            shape=(int(summary["shape"][0]), int(summary["shape"][1])),
             calibrated=None if calibrated is None else bool(calibrated),
             zero_point=None if zero_point is None else float(zero_point),
             header_cards=cards,
