@@ -358,3 +358,18 @@ def test_a_catalogue_calibrates_the_frames(decam, tmp_path):
     broken = LocalFitsSource(root=str(root), catalog_path=str(tmp_path / "nomag.ecsv"))
     with pytest.raises(ValueError, match=r"nomag\.ecsv: no column mag"):
         broken.catalog("N6")
+
+
+def test_raw_frames_without_masters_and_half_a_set_of_masters_are_refused(decam):
+    from astrid_assets.defs.calibration import calibrate, night_masters
+    from astrid_assets.sources import CalibrationFrames, RawExposure, SimulatedSurvey
+
+    assert night_masters(CalibrationFrames("2018-08-03", [], [])).empty
+    bias = np.zeros((8, 8), np.float32)
+    with pytest.raises(ValueError, match="night 2018-08-03: 1 bias and 0 flat .*no flat frames"):
+        night_masters(CalibrationFrames("2018-08-03", [bias], []))
+    data, header = _hdu(decam, SCIENCE)
+    raw = RawExposure("2018-08-03", "F01", data, header, calibrated=False)
+    delivered = night_masters(CalibrationFrames("2018-08-03", [], []))
+    with pytest.raises(ValueError, match="raw exposure F01 2018-08-03 needs bias and flat frames"):
+        calibrate(raw, delivered, SimulatedSurvey(size=256))

@@ -89,6 +89,18 @@ def test_non_integer_raw_data_is_stored_losslessly():
     assert back.truth is None
 
 
+def test_a_delivered_calibrated_exposure_and_its_empty_masters_round_trip():
+    from astrid_assets.science.processing import CalibrationMasters
+
+    data = np.random.default_rng(4).normal(0.0, 8.0, (32, 32)).astype(np.float32)
+    raw = RawExposure("2018-08-03", "N6", data, fits.Header({"GAIN": 4.0}), calibrated=True)
+    back = round_trip(raw)
+    assert back.calibrated is True and "ASTRCAL" not in back.header
+    assert round_trip(RawExposure("2018-08-03", "N6", data, fits.Header())).calibrated is False
+    masters = round_trip(CalibrationMasters.delivered())
+    assert masters.empty and masters.flat is None and masters.bad_pixels is None
+
+
 def test_calibration_masters_round_trip_exactly(products):
     masters = products.masters
     back = round_trip(masters)
