@@ -366,7 +366,7 @@ def test_raw_frames_without_masters_and_half_a_set_of_masters_are_refused(decam)
 
     assert night_masters(CalibrationFrames("2018-08-03", [], [])).empty
     bias = np.zeros((8, 8), np.float32)
-    with pytest.raises(ValueError, match="night 2018-08-03: 1 bias and 0 flat .*no flat frames"):
+    with pytest.raises(ValueError, match=r"night 2018-08-03: 1 bias and 0 flat .*no flat frames"):
         night_masters(CalibrationFrames("2018-08-03", [bias], []))
     data, header = _hdu(decam, SCIENCE)
     raw = RawExposure("2018-08-03", "F01", data, header, calibrated=False)
