@@ -162,7 +162,16 @@ class _Server:
     the process id of the running server."""
 
     what = "the server"
+    log_name = "server.log"
     _process: subprocess.Popen | None = None
+    directory: Path | None = None  # the server's own folder, made by start()
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file, in its folder."""
+        if self.directory is None:
+            raise RuntimeError(f"{self.what} has not been started")
+        return self.directory / self.log_name
 
     @property
     def pid(self) -> int:
@@ -236,6 +245,7 @@ class PostgresServer(_Server):
     """
 
     what = "the PostgreSQL server"
+    log_name = "postgres.log"
 
     def __init__(self, user: str = "astrid", *, startup_timeout: float = 60.0) -> None:
         self.user = user
@@ -246,13 +256,6 @@ class PostgresServer(_Server):
         self.bin_dir = postgres_bin_dir()
         self.directory: Path | None = None
         self._process: subprocess.Popen | None = None
-
-    @property
-    def log_path(self) -> Path:
-        """The server's log file (initdb's output, then the postmaster's)."""
-        if self.directory is None:
-            raise RuntimeError("the PostgreSQL server has not been started")
-        return self.directory / "postgres.log"
 
     def url(self, database: str) -> str:
         """SQLAlchemy URL of ``database`` on this server, password included."""
@@ -632,6 +635,7 @@ class MlflowServer(_Server):
     """
 
     what = "the MLflow server"
+    log_name = "mlflow.log"
 
     def __init__(
         self,
@@ -654,12 +658,6 @@ class MlflowServer(_Server):
     @property
     def tracking_uri(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        if self.directory is None:
-            raise RuntimeError("the MLflow server has not been started")
-        return self.directory / "mlflow.log"
 
     def start(self) -> None:
         """Start the tracking server and wait until ``/health`` answers."""
@@ -750,6 +748,7 @@ class KafkaServer(_Server):
     """
 
     what = "the Kafka broker"
+    log_name = "kafka.log"
 
     def __init__(self, lib: Path = KAFKA_LIB, *, startup_timeout: float = 90.0) -> None:
         jars = sorted(Path(lib).glob("*.jar"))
@@ -767,12 +766,6 @@ class KafkaServer(_Server):
     @property
     def bootstrap(self) -> str:
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        if self.directory is None:
-            raise RuntimeError("the Kafka broker has not been started")
-        return self.directory / "kafka.log"
 
     def _storage_tool(self) -> str:
         """The storage tool's class: in the server tools jar, or in core for older versions."""
